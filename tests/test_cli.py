@@ -1,0 +1,168 @@
+"""The flask commands: keys, users, bootstrap, import and export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from sqlalchemy import func, select
+
+from webapp import store
+from webapp.extensions import db
+from webapp.models import ApiKey, Completion, MetadataChange, User
+
+from .conftest import completion_body, seed
+
+
+def last_line(result: Result) -> str:
+    return result.output.strip().splitlines()[-1]
+
+
+def test_keys_create_prints_the_secret_alone_and_stores_a_hash(runner, client) -> None:
+    result = runner.invoke(args=["keys", "create", "ci"])
+    assert result.exit_code == 0, result.output
+    secret = last_line(result)
+    assert secret.startswith("cs-") and " " not in secret
+    key = db.session.scalars(select(ApiKey)).one()
+    assert key.key_hash == store.hash_secret(secret) and secret not in (key.key_hash, key.prefix)
+    assert client.get("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+
+
+def test_keys_create_read_only_and_list(runner) -> None:
+    assert runner.invoke(args=["keys", "create", "reader", "--read-only"]).exit_code == 0
+    assert db.session.scalars(select(ApiKey)).one().read_only
+    listing = runner.invoke(args=["keys", "list"]).output
+    assert "reader" in listing and "read-only" in listing
+
+
+def test_keys_create_twice_is_refused(runner) -> None:
+    runner.invoke(args=["keys", "create", "ci"])
+    result = runner.invoke(args=["keys", "create", "ci"])
+    assert result.exit_code != 0 and "exists already" in result.output
+
+
+def test_keys_revoke_unknown_tells_what_to_do(runner) -> None:
+    result = runner.invoke(args=["keys", "revoke", "ghost"])
+    assert result.exit_code != 0 and "keys list" in result.output
+
+
+def test_users_create_with_password_and_prompt(runner) -> None:
+    assert runner.invoke(args=["users", "create", "ann", "--password", "pw-1"]).exit_code == 0
+    result = runner.invoke(args=["users", "create", "bob"], input="pw-2\npw-2\n")
+    assert result.exit_code == 0, result.output
+    assert "pw-2" not in result.output
+    users = {u.username: u for u in db.session.scalars(select(User))}
+    assert store.check_password(users["ann"], "pw-1") and store.check_password(users["bob"], "pw-2")
+    assert "pw-1" not in users["ann"].password_hash
+
+
+def test_bootstrap_creates_once(runner) -> None:
+    first = runner.invoke(args=["bootstrap"])
+    assert "admin" in first.output and "cs-" in first.output
+    second = runner.invoke(args=["bootstrap"])
+    assert second.exit_code == 0 and "cs-" not in second.output
+    assert db.session.scalar(select(func.count()).select_from(User)) == 1
+
+
+def api_objects(client, auth) -> list[dict]:
+    return client.get("/v1/chat/completions?limit=100", headers=auth).get_json()["data"]
+
+
+def test_export_then_import_into_an_empty_database_is_identical(runner, client, auth, seeded, tmp_path: Path) -> None:
+    from .conftest import empty_database, make_key
+
+    seed(completion_body("multi", messages=[{"role": "user", "content": [{"type": "text", "text": "ünïcode ✓"}]}], metadata={"emoji": "🙂"}))
+    before = api_objects(client, auth)
+    messages_before = client.get("/v1/chat/completions/multi/messages", headers=auth).get_json()
+    out = tmp_path / "export.jsonl"
+    result = runner.invoke(args=["export", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6 and all("messages" in json.loads(line) for line in lines)
+
+    empty_database()
+    headers = {"Authorization": f"Bearer {make_key(name='again')}"}
+    result = runner.invoke(args=["import", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "6 new or changed" in result.output
+    assert api_objects(client, headers) == before
+    assert client.get("/v1/chat/completions/multi/messages", headers=headers).get_json() == messages_before
+
+    second = tmp_path / "second.jsonl"
+    runner.invoke(args=["export", "-o", str(second)])
+    assert second.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+
+
+def test_importing_twice_changes_nothing(runner, seeded, tmp_path: Path) -> None:
+    out = tmp_path / "export.jsonl"
+    runner.invoke(args=["export", "-o", str(out)])
+    versions = dict(db.session.execute(select(Completion.id, Completion.version)).all())
+    changes = db.session.scalar(select(func.count()).select_from(MetadataChange))
+    result = runner.invoke(args=["import", str(out)])
+    assert result.exit_code == 0 and "0 new or changed, 5 unchanged" in result.output
+    db.session.expire_all()
+    assert dict(db.session.execute(select(Completion.id, Completion.version)).all()) == versions
+    assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == changes
+
+
+def test_a_broken_line_is_named_and_the_good_lines_land(runner, client, auth, tmp_path: Path) -> None:
+    good = [json.dumps(completion_body(f"g{i}")) for i in range(3)]
+    bad_metadata = json.dumps(completion_body("bad", metadata={"k" * 65: "v"}))
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join([good[0], "{not json", good[1], bad_metadata, good[2], ""]) + "\n")
+    result = runner.invoke(args=["import", str(path)])
+    assert result.exit_code == 1
+    assert "line 2: not valid JSON" in result.output
+    assert "line 4: Invalid 'metadata." in result.output
+    assert "3 new or changed" in result.output and "2 bad lines" in result.output
+    assert [c["id"] for c in api_objects(client, auth)] == ["g0", "g1", "g2"]
+
+
+def test_import_from_stdin(runner, client, auth) -> None:
+    result = runner.invoke(args=["import", "-"], input=json.dumps(completion_body("s1")) + "\n")
+    assert result.exit_code == 0, result.output
+    assert [c["id"] for c in api_objects(client, auth)] == ["s1"]
+
+
+def test_export_filters(runner, seeded) -> None:
+    result = runner.invoke(args=["export", "--model", "gpt-a", "--metadata", "team=red"])
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["chatcmpl-1"]
+    result = runner.invoke(args=["export", "--metadata", "team=blue", "--metadata", "n=4"])
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["chatcmpl-4"]
+
+
+def test_export_rejects_a_bad_filter(runner) -> None:
+    result = runner.invoke(args=["export", "--metadata", "team"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_export_chat_format_is_fine_tuning_ready(runner, app) -> None:
+    record = completion_body("t1", content="Hi there")
+    record["choices"][0]["message"]["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    seed(record)
+    lines = runner.invoke(args=["export", "--format", "chat"]).output.splitlines()
+    assert json.loads(lines[0]) == {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello (t1)"},
+            {"role": "assistant", "content": "Hi there", "tool_calls": record["choices"][0]["message"]["tool_calls"]},
+        ]
+    }
+
+
+def test_export_streams_in_batches(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export reads a bounded page at a time, whatever the size of the store."""
+    seed(*(completion_body(f"b{i:03d}") for i in range(25)))
+    pages: list[int] = []
+    real = store.list_completions
+
+    def counting(session, *, query):  # type: ignore[no-untyped-def]
+        page = real(session, query=query)
+        pages.append(len(page.rows))
+        return page
+
+    monkeypatch.setattr(store, "list_completions", counting)
+    ids = [row.id for row in store.iter_completions(db.session, batch_size=10)]
+    assert ids == [f"b{i:03d}" for i in range(25)] and pages == [10, 10, 5]

@@ -1,0 +1,62 @@
+"""Completion Store: a self-hosted home for OpenAI chat completions."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, jsonify
+from sqlalchemy import text
+
+from . import config as settings
+from .extensions import configure_engine, csrf, db, migrate
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then ``instance/config.py`` and the environment (or
+    ``test_config``), then the extensions, then the blueprints."""
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder=os.path.join(PROJECT_ROOT, "templates"),
+        static_folder=os.path.join(PROJECT_ROOT, "static"),
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_mapping(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_mapping(settings.from_environment(app.instance_path))
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    settings.finalize(app.config, app.instance_path)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))
+    csrf.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine, busy_timeout=app.config["DATABASE_TIMEOUT"])
+
+    from . import models  # noqa: F401  (registers the tables with the metadata)
+    from .api import bp as api_bp
+    from .cli import register_commands
+    from .errors import register_error_handlers
+
+    register_error_handlers(app)
+    app.register_blueprint(api_bp)
+    csrf.exempt(api_bp)
+    register_commands(app)
+
+    @app.get("/healthz")
+    def healthz():  # type: ignore[no-untyped-def]
+        """Answer 200 when the database answers; the 503 comes from the error handlers."""
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+        return jsonify(status="ok")
+
+    return app

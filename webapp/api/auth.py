@@ -1,0 +1,52 @@
+"""Bearer-key authentication for every ``/v1`` route."""
+
+from __future__ import annotations
+
+from flask import g, request
+
+from .. import store
+from ..errors import APIError
+from ..extensions import db, write_transaction
+from . import bp
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _bearer_secret() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise APIError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )
+    return secret.strip()
+
+
+@bp.before_request
+def require_api_key() -> None:
+    """Let the request through only with a live key; a read-only key only for reads."""
+    secret = _bearer_secret()
+    key = store.authenticate_api_key(db.session, secret=secret)
+    if key is None:
+        raise APIError(
+            401,
+            "Incorrect API key provided. Create one with `flask --app webapp keys create NAME`.",
+            code="invalid_api_key",
+        )
+    g.api_key_name = key.name
+    if store.key_needs_touch(key):
+        with write_transaction() as session:
+            store.touch_api_key(session, key_id=key.id)
+    if key.read_only and request.method not in SAFE_METHODS:
+        raise APIError(
+            403,
+            f"The API key '{key.name}' is read-only: it can list and retrieve but not change anything.",
+            code="insufficient_permissions",
+        )
+
+
+def actor() -> str:
+    """Return who is making this request, for the metadata history."""
+    return f"key:{g.api_key_name}"

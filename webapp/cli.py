@@ -1,0 +1,207 @@
+"""The ``flask --app webapp ...`` commands: keys, users, import, export, bootstrap.
+
+``db upgrade`` comes from Flask-Migrate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from . import store, validation
+from .extensions import db, write_transaction
+
+IMPORT_BATCH = 200
+
+keys_cli = AppGroup("keys", help="Create, list and revoke API keys for /v1.")
+users_cli = AppGroup("users", help="Manage the people who sign in to the admin UI.")
+
+
+@keys_cli.command("create")
+@click.argument("name")
+@click.option("--read-only", is_flag=True, help="The key can list and retrieve, not change.")
+def create_key(name: str, read_only: bool) -> None:
+    """Create an API key; its secret is printed once, alone on the last line."""
+    try:
+        with write_transaction() as session:
+            _key, secret = store.create_api_key(session, name=name, read_only=read_only)
+    except store.NameTaken as exc:
+        raise click.ClickException(str(exc)) from None
+    scope = "read-only" if read_only else "read-write"
+    click.echo(f"Created {scope} API key '{name}'. Copy the secret now: it is not shown again.")
+    click.echo(secret)
+
+
+@keys_cli.command("list")
+def list_keys() -> None:
+    """List API keys: name, scope, created, last used, revoked."""
+    keys = store.list_api_keys(db.session)
+    if not keys:
+        click.echo("No API keys. Create one with: flask --app webapp keys create NAME")
+        return
+    click.echo(f"{'NAME':<24} {'SCOPE':<10} {'PREFIX':<10} {'CREATED':<20} {'LAST USED':<20} REVOKED")
+    for key in keys:
+        click.echo(
+            f"{key.name:<24} {'read-only' if key.read_only else 'read-write':<10} {key.prefix + '…':<10} "
+            f"{_when(key.created_at):<20} {_when(key.last_used_at):<20} {_when(key.revoked_at)}"
+        )
+
+
+@keys_cli.command("revoke")
+@click.argument("name")
+def revoke_key(name: str) -> None:
+    """Revoke an API key: requests using it get 401 from now on."""
+    try:
+        with write_transaction() as session:
+            store.revoke_api_key(session, name=name)
+    except LookupError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    click.echo(f"Revoked API key '{name}'.")
+
+
+@users_cli.command("create")
+@click.argument("username")
+@click.option("--password", help="Prompted for (hidden) when absent.")
+def create_user(username: str, password: str | None) -> None:
+    """Create a user who can sign in to the admin UI."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("The password must not be empty.")
+    try:
+        with write_transaction() as session:
+            store.create_user(session, username=username, password=password)
+    except store.NameTaken as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Created user '{username}'.")
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _lines_with_progress(stream: IO[bytes], total: int | None) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, raw line) while drawing a progress bar on stderr (bytes read, or lines when unsized)."""
+    if total is None:
+        with click.progressbar(enumerate(stream, start=1), label="Importing", file=sys.stderr, show_pos=True) as lines:
+            yield from lines
+        return
+    with click.progressbar(length=total, label="Importing", file=sys.stderr) as bar:
+        for number, raw in enumerate(stream, start=1):
+            yield number, raw
+            bar.update(len(raw))
+
+
+@click.command("import")
+@click.argument("file", type=click.File("rb"))
+def import_command(file: IO[bytes]) -> None:
+    """Import completions from JSONL in the export format (``-`` for stdin); upserts by id."""
+    try:
+        total: int | None = os.fstat(file.fileno()).st_size if file.seekable() else None
+    except (OSError, ValueError):
+        total = None
+    counts = {"new_or_changed": 0, "unchanged": 0}
+    bad: list[str] = []
+    session = db.session
+    pending = 0
+    for number, raw in _lines_with_progress(file, total):
+        if not raw.strip():
+            continue
+        try:
+            record = validation.clean_import_record(json.loads(raw))
+        except (ValueError, RecursionError, validation.ValidationError) as exc:
+            message = exc.message if isinstance(exc, validation.ValidationError) else f"not valid JSON ({exc})"
+            bad.append(f"line {number}: {message}")
+            continue
+        try:
+            with session.begin_nested():
+                _row, changed = store.save_completion(
+                    session,
+                    body=record,
+                    messages=record["messages"],
+                    metadata=record["metadata"],
+                    actor="import",
+                )
+        except Exception as exc:  # a line the database refuses is reported like a malformed one
+            bad.append(f"line {number}: the database refused it ({type(exc).__name__}: {exc})")
+            continue
+        counts["new_or_changed" if changed else "unchanged"] += 1
+        pending += 1
+        if pending >= IMPORT_BATCH:
+            session.commit()
+            pending = 0
+    session.commit()
+    for line in bad:
+        click.echo(line, err=True)
+    click.echo(
+        f"Imported {counts['new_or_changed'] + counts['unchanged']} completions "
+        f"({counts['new_or_changed']} new or changed, {counts['unchanged']} unchanged); {len(bad)} bad lines skipped."
+    )
+    if bad:
+        raise click.ClickException("Some lines were not imported: fix the lines named above and run the import again (it is safe to repeat).")
+
+
+@click.command("export")
+@click.option("--model", help="Only completions of this model.")
+@click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+@click.option("--format", "fmt", type=click.Choice(["store", "chat"]), default="store", show_default=True)
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Default: stdout.")
+def export_command(model: str | None, metadata_filters: tuple[str, ...], fmt: str, output: IO[str]) -> None:
+    """Stream completions as JSONL: ``store`` round-trips through import, ``chat`` is for fine-tuning."""
+    try:
+        filters = validation.clean_metadata_filters(metadata_filters)
+    except validation.ValidationError as exc:
+        raise click.BadParameter(exc.message, param_hint="--metadata") from None
+    lines = export_lines(db.session, model=model, metadata=filters, fmt=fmt)
+    if output.name == "<stdout>":
+        # stdout is the data: no progress bar to mix into it.
+        for line in lines:
+            output.write(line)
+        return
+    count = store.count_completions(db.session, model=model, metadata=filters)
+    with click.progressbar(lines, length=count, label="Exporting", file=sys.stderr) as bar:
+        for line in bar:
+            output.write(line)
+    click.echo(f"Exported {count} completions to {output.name}.", err=True)
+
+
+def export_lines(session: Any, *, model: str | None, metadata: dict[str, str], fmt: str) -> Iterator[str]:
+    """Yield the JSONL lines of an export, one completion at a time (shared with the admin download)."""
+    to_record = store.export_record if fmt == "store" else store.chat_record
+    for row in store.iter_completions(session, model=model, metadata=metadata):
+        yield json.dumps(to_record(row), ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+@click.command("bootstrap")
+def bootstrap_command() -> None:
+    """Create a first admin user and API key when there are none, printing their secrets once."""
+    created = []
+    with write_transaction() as session:
+        if store.count_users(session) == 0:
+            password = secrets.token_urlsafe(12)
+            store.create_user(session, username="admin", password=password)
+            created.append(f"Admin user 'admin', password: {password}")
+        if store.count_api_keys(session) == 0:
+            _key, secret = store.create_api_key(session, name="default")
+            created.append(f"API key 'default': {secret}")
+    for line in created:
+        click.echo(line)
+    if created:
+        click.echo("Keep these now: they are shown only once. `flask --app webapp users create` and `keys create` make more.")
+
+
+def register_commands(app: Flask) -> None:
+    """Attach every command to the app's ``flask`` CLI."""
+    app.cli.add_command(keys_cli)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(import_command)
+    app.cli.add_command(export_command)
+    app.cli.add_command(bootstrap_command)

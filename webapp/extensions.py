@@ -1,0 +1,70 @@
+"""The Flask extensions, created once and ``init_app``'d in the factory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import DeclarativeBase, Session
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every model."""
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+csrf = CSRFProtect()
+
+_IMMEDIATE = "completion_store_immediate"
+
+
+def configure_engine(engine: Engine, *, busy_timeout: float) -> None:
+    """Set SQLite up for several processes: WAL, a busy timeout, and write transactions
+    that take the write lock when they begin (``BEGIN IMMEDIATE``).
+
+    A deferred transaction that reads and then writes can fail at once with "database is
+    locked" when another process wrote in between; one that starts immediate waits its
+    turn instead. Reads keep plain deferred transactions so they never queue behind writes.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not the sqlite3 module, emit BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        immediate = connection.get_execution_options().get(_IMMEDIATE)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_transaction(session: Session | None = None) -> Iterator[Session]:
+    """Run the block as one write transaction: commit when it ends, roll back if it raises.
+
+    Any transaction the session already had (a read, say) is ended first, so the write
+    starts on a fresh snapshot and, on SQLite, holds the write lock from its first statement.
+    """
+    session = db.session() if session is None else session
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={_IMMEDIATE: True})
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise

@@ -1,0 +1,126 @@
+"""SQLAlchemy 2.0 typed models: the schema the migrations create.
+
+A completion's place in the list order is ``(created, seq)``: ``seq`` is the insertion
+order, so rows sharing one ``created`` second still have a total order. A deleted
+completion keeps its row as a tombstone (``deleted`` set, payload cleared) so that a
+cursor naming it still knows where it stood.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants room to grow.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Completion(db.Model):
+    """One stored chat completion, or the tombstone of a deleted one."""
+
+    __tablename__ = "completions"
+    __table_args__ = (
+        Index("ix_completions_created_seq", "created", "seq"),
+        Index("ix_completions_model_created_seq", "model", "created", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(255), unique=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(255))
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The completion object as the API returns it, without ``metadata``.
+    body: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    # The input messages of the create request.
+    messages: Mapped[list[Any] | None] = mapped_column(Json)
+    metadata_map: Mapped[dict[str, str] | None] = mapped_column("metadata", Json)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CompletionMetadata(db.Model):
+    """One metadata pair of a live completion, kept beside the JSON copy for the filter."""
+
+    __tablename__ = "completion_metadata"
+    __table_args__ = (Index("ix_completion_metadata_key_value", "key", "value", "completion_seq"),)
+
+    completion_seq: Mapped[int] = mapped_column(
+        BigId, ForeignKey("completions.seq", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+
+class MetadataChange(db.Model):
+    """A record of one change to a completion's metadata: who, when, before and after."""
+
+    __tablename__ = "metadata_changes"
+    __table_args__ = (Index("ix_metadata_changes_completion", "completion_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    completion_id: Mapped[str] = mapped_column(String(255))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    before: Mapped[dict[str, str]] = mapped_column(Json)
+    after: Mapped[dict[str, str]] = mapped_column(Json)
+
+
+class ApiKey(db.Model):
+    """A bearer key for ``/v1``; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class User(db.Model):
+    """A person who signs in to the admin UI."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UserSession(db.Model):
+    """A signed-in browser: the cookie carries this id, so signing out ends it everywhere."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

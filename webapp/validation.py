@@ -1,0 +1,339 @@
+"""Every input rule, shared by the JSON API, the admin forms and the command line.
+
+This module imports no Flask and no WTForms. Each ``clean_*`` function takes plain
+values (parsed JSON, query pairs, form input turned into the same plain shape) and
+returns exactly what the store needs, or raises :class:`ValidationError` naming the
+API's field (``param``) and an OpenAI error ``code``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_LENGTH = 64
+MAX_METADATA_VALUE_LENGTH = 512
+DEFAULT_LIMIT = 20
+MIN_LIMIT = 1
+MAX_LIMIT = 100
+ORDERS = ("asc", "desc")
+
+Order = Literal["asc", "desc"]
+
+
+class ValidationError(Exception):
+    """A rejected input: ``message`` for people, ``param`` and ``code`` for programs."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A cleaned ``GET /chat/completions`` query."""
+
+    model: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    after: str | None = None
+    limit: int = DEFAULT_LIMIT
+    order: Order = "asc"
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """A cleaned ``after``/``limit``/``order`` query, as for ``GET .../messages``."""
+
+    after: str | None = None
+    limit: int = DEFAULT_LIMIT
+    order: Order = "asc"
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A cleaned ``POST /chat/completions`` body: what to forward and what to keep."""
+
+    forward: dict[str, Any]
+    store: bool
+    stream: bool
+    metadata: dict[str, str]
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def clean_metadata_key(key: Any, *, param: str = "metadata") -> str:
+    """Return ``key`` if it is a usable metadata key; raise ValidationError otherwise."""
+    if not isinstance(key, str) or not key:
+        raise ValidationError(f"Invalid '{param}': keys must be non-empty strings.", param, "invalid_value")
+    if len(key) > MAX_METADATA_KEY_LENGTH:
+        raise ValidationError(
+            f"Invalid '{param}.{key}': property name too long. Expected a property name with maximum "
+            f"length {MAX_METADATA_KEY_LENGTH}, but got a property name with length {len(key)} instead.",
+            f"{param}.{key}",
+            "property_name_above_max_length",
+        )
+    return key
+
+
+def clean_metadata_value(key: str, value: Any, *, param: str = "metadata") -> str:
+    """Return ``value`` if it is a usable value for ``key``; raise ValidationError otherwise."""
+    where = f"{param}.{key}"
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"Invalid type for '{where}': expected a string, but got {_type_name(value)} instead.",
+            where,
+            "invalid_type",
+        )
+    if len(value) > MAX_METADATA_VALUE_LENGTH:
+        raise ValidationError(
+            f"Invalid '{where}': string too long. Expected a string with maximum length "
+            f"{MAX_METADATA_VALUE_LENGTH}, but got a string with length {len(value)} instead.",
+            where,
+            "string_above_max_length",
+        )
+    return value
+
+
+def _check_pair_count(count: int, param: str) -> None:
+    if count > MAX_METADATA_PAIRS:
+        raise ValidationError(
+            f"Invalid '{param}': too many properties. Expected an object with at most "
+            f"{MAX_METADATA_PAIRS} properties, but got an object with {count} properties instead.",
+            param,
+            "object_above_max_properties",
+        )
+
+
+def clean_metadata(value: Any, *, param: str = "metadata") -> dict[str, str]:
+    """Return the metadata map ``value`` (``None`` means empty) if it keeps every rule.
+
+    Rules: an object of at most 16 pairs, keys non-empty and at most 64 characters,
+    values strings of at most 512 characters. Raises ValidationError for the first
+    rule broken, naming ``metadata`` or ``metadata.KEY``.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"Invalid type for '{param}': expected an object, but got {_type_name(value)} instead.",
+            param,
+            "invalid_type",
+        )
+    _check_pair_count(len(value), param)
+    return {clean_metadata_key(k, param=param): clean_metadata_value(k, v, param=param) for k, v in value.items()}
+
+
+def clean_update_body(body: Any) -> dict[str, str]:
+    """Return the new metadata map of a ``POST /chat/completions/{id}`` body.
+
+    ``metadata`` is required and replaces the whole map; ``null`` and ``{}`` clear it.
+    Any other field is refused.
+    """
+    body = require_object(body)
+    for name in body:
+        if name != "metadata":
+            raise ValidationError(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
+    if "metadata" not in body:
+        raise ValidationError("Missing required parameter: 'metadata'.", "metadata", "missing_required_parameter")
+    return clean_metadata(body["metadata"])
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    """Return ``body`` if it is a JSON object; raise ValidationError otherwise."""
+    if not isinstance(body, dict):
+        raise ValidationError(
+            "We could not parse the JSON body of your request. The body must be a JSON object.", None, None
+        )
+    return body
+
+
+def _clean_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw.strip())
+    except ValueError:
+        raise ValidationError(
+            f"Invalid 'limit': expected an integer, but got '{raw}' instead.", "limit", "invalid_type"
+        ) from None
+    if limit < MIN_LIMIT:
+        raise ValidationError(
+            f"Invalid 'limit': integer below minimum value. Expected a value greater than or equal to "
+            f"{MIN_LIMIT}, but got {limit} instead.",
+            "limit",
+            "integer_below_min_value",
+        )
+    if limit > MAX_LIMIT:
+        raise ValidationError(
+            f"Invalid 'limit': integer above maximum value. Expected a value less than or equal to "
+            f"{MAX_LIMIT}, but got {limit} instead.",
+            "limit",
+            "integer_above_max_value",
+        )
+    return limit
+
+
+def _clean_order(raw: str | None) -> Order:
+    if raw is None:
+        return "asc"
+    if raw not in ORDERS:
+        raise ValidationError(
+            f"Invalid value for 'order': expected one of 'asc' or 'desc', but got '{raw}' instead.",
+            "order",
+            "invalid_value",
+        )
+    return raw  # type: ignore[return-value]
+
+
+def _clean_after(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not raw:
+        raise ValidationError("Invalid 'after': expected a non-empty id.", "after", "invalid_value")
+    return raw
+
+
+def clean_page_query(pairs: Iterable[tuple[str, str]]) -> PageQuery:
+    """Return the ``after``/``limit``/``order`` of a query given as (name, value) pairs."""
+    args: dict[str, str] = {}
+    for name, value in pairs:
+        if name in ("after", "limit", "order"):
+            args.setdefault(name, value)
+    return PageQuery(
+        after=_clean_after(args.get("after")),
+        limit=_clean_limit(args.get("limit")),
+        order=_clean_order(args.get("order")),
+    )
+
+
+def clean_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
+    """Return the cleaned ``GET /chat/completions`` query given as (name, value) pairs.
+
+    ``metadata[KEY]=VALUE`` pairs (at most 16, each by the metadata rules) must all
+    match; ``model`` is exact; paging as :func:`clean_page_query`. Unknown names are
+    ignored, as OpenAI ignores them.
+    """
+    pairs = list(pairs)
+    page = clean_page_query(pairs)
+    model: str | None = None
+    filters: dict[str, str] = {}
+    for name, value in pairs:
+        if name == "model" and model is None:
+            model = value
+        elif name.startswith("metadata[") and name.endswith("]"):
+            filters.setdefault(name[len("metadata[") : -1], value)
+    return ListQuery(
+        model=model or None,
+        metadata=clean_metadata(filters),
+        after=page.after,
+        limit=page.limit,
+        order=page.order,
+    )
+
+
+def parse_metadata_filter(text: str) -> tuple[str, str]:
+    """Return the (key, value) of a ``KEY=VALUE`` filter, as typed on the command line or in the UI."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValidationError(
+            f"Invalid metadata filter '{text}': write it as KEY=VALUE.", "metadata", "invalid_value"
+        )
+    key = clean_metadata_key(key.strip())
+    return key, clean_metadata_value(key, value)
+
+
+def clean_metadata_filters(texts: Iterable[str]) -> dict[str, str]:
+    """Return the filter map of several ``KEY=VALUE`` texts, by the same rules as the API's filter."""
+    filters: dict[str, str] = {}
+    for text in texts:
+        key, value = parse_metadata_filter(text)
+        filters[key] = value
+    return clean_metadata(filters)
+
+
+def clean_create_request(body: Any) -> CreateRequest:
+    """Return what to forward upstream and what to keep of a ``POST /chat/completions`` body.
+
+    ``model`` (a string) and ``messages`` (a non-empty array of objects) are required;
+    ``metadata`` follows the metadata rules; ``store`` and ``stream`` must be booleans.
+    Every other field is forwarded unchanged, so new OpenAI parameters keep working.
+    """
+    body = require_object(body)
+    for name in ("model", "messages"):
+        if name not in body:
+            raise ValidationError(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    if not isinstance(body["model"], str) or not body["model"]:
+        raise ValidationError(
+            f"Invalid type for 'model': expected a string, but got {_type_name(body['model'])} instead.",
+            "model",
+            "invalid_type",
+        )
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise ValidationError(
+            f"Invalid type for 'messages': expected an array, but got {_type_name(messages)} instead.",
+            "messages",
+            "invalid_type",
+        )
+    if not messages:
+        raise ValidationError(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            "messages",
+            "empty_array",
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ValidationError(
+                f"Invalid 'messages[{index}]': expected an object with a string 'role'.",
+                f"messages[{index}]",
+                "invalid_type",
+            )
+    flags = {}
+    for name in ("store", "stream"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise ValidationError(
+                f"Invalid type for '{name}': expected a boolean, but got {_type_name(value)} instead.",
+                name,
+                "invalid_type",
+            )
+        flags[name] = bool(value)
+    metadata = clean_metadata(body.get("metadata"))
+    forward = {k: v for k, v in body.items() if k not in ("store", "metadata")}
+    return CreateRequest(forward=forward, store=flags["store"], stream=flags["stream"], metadata=metadata)
+
+
+def clean_import_record(record: Any) -> dict[str, Any]:
+    """Return a completion object of the export format (``store``), ready for the store.
+
+    Requires ``id`` (string), ``created`` (integer), ``model`` (string), ``choices``
+    (array) and ``messages`` (array of objects); ``metadata`` by the metadata rules.
+    """
+    record = require_object(record)
+    for name, kind in (("id", str), ("created", int), ("model", str), ("choices", list), ("messages", list)):
+        if name not in record:
+            raise ValidationError(f"Missing required field: '{name}'.", name, "missing_required_parameter")
+        value = record[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValidationError(
+                f"Invalid type for '{name}': expected {_type_name(kind())}, but got {_type_name(value)} instead.",
+                name,
+                "invalid_type",
+            )
+    if not record["id"] or len(record["id"]) > 255:
+        raise ValidationError("Invalid 'id': expected 1 to 255 characters.", "id", "invalid_value")
+    if not all(isinstance(m, dict) for m in record["messages"]):
+        raise ValidationError("Invalid 'messages': every message must be an object.", "messages", "invalid_type")
+    cleaned = dict(record)
+    cleaned["metadata"] = clean_metadata(record.get("metadata"))
+    return cleaned
