@@ -262,7 +262,7 @@ def start_gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4) -
         [
             sys.executable, "-m", "gunicorn",
             "--worker-class", "gthread", "--threads", str(threads), "-w", str(workers),
-            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning",
+            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning", "--access-logfile", "/dev/null",
             "wsgi:app",
         ],
         cwd=ROOT,

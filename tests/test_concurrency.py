@@ -1,0 +1,77 @@
+"""Concurrent writers on one completion through a live server (2 processes x 4 threads)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.models import Completion, MetadataChange
+
+from .conftest import LiveServer, completion_body, make_key, seed
+
+THREADS = 8
+ROUNDS = 6
+
+
+def history() -> list[MetadataChange]:
+    db.session.expire_all()
+    return list(db.session.scalars(select(MetadataChange).where(MetadataChange.completion_id == "hot", MetadataChange.actor == "key:writer").order_by(MetadataChange.id)))
+
+
+def assert_history_is_a_chain(changes: list[MetadataChange], start: dict[str, str]) -> None:
+    """Each change starts from what the one before it left: no write was lost in between."""
+    state = start
+    for change in changes:
+        assert change.before == state
+        state = change.after
+
+
+def test_if_match_updates_each_win_or_get_412(live_server: LiveServer) -> None:
+    seed(completion_body("hot", metadata={"writer": "none"}))
+    headers = {"Authorization": f"Bearer {make_key(name='writer')}"}
+    url = f"{live_server.v1}/chat/completions/hot"
+
+    def writer(n: int) -> Counter[int]:
+        outcomes: Counter[int] = Counter()
+        with httpx.Client(headers=headers, timeout=30) as http:
+            for round_ in range(ROUNDS):
+                tag = http.get(url).headers["ETag"]
+                response = http.post(url, json={"metadata": {"writer": f"{n}-{round_}"}}, headers={"If-Match": tag})
+                outcomes[response.status_code] += 1
+                if response.status_code == 412:
+                    assert response.json()["error"]["code"] == "precondition_failed"
+        return outcomes
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        totals = sum(pool.map(writer, range(THREADS)), Counter())
+    assert set(totals) <= {200, 412} and sum(totals.values()) == THREADS * ROUNDS
+    wins = totals[200]
+    assert wins >= 1
+    changes = history()
+    assert len(changes) == wins
+    assert_history_is_a_chain(changes, {"writer": "none"})
+    row = db.session.scalars(select(Completion).where(Completion.id == "hot")).one()
+    assert row.version == 1 + wins
+    assert row.metadata_map == changes[-1].after
+
+
+def test_updates_without_if_match_all_land_in_order(live_server: LiveServer) -> None:
+    seed(completion_body("hot"))
+    headers = {"Authorization": f"Bearer {make_key(name='writer')}"}
+    url = f"{live_server.v1}/chat/completions/hot"
+
+    def writer(n: int) -> list[int]:
+        with httpx.Client(headers=headers, timeout=30) as http:
+            return [http.post(url, json={"metadata": {"writer": f"{n}-{r}"}}).status_code for r in range(ROUNDS)]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        statuses = [s for batch in pool.map(writer, range(THREADS)) for s in batch]
+    assert statuses == [200] * THREADS * ROUNDS
+    changes = history()
+    assert len(changes) == THREADS * ROUNDS
+    assert_history_is_a_chain(changes, {})
+    assert {c.after["writer"] for c in changes} == {f"{n}-{r}" for n in range(THREADS) for r in range(ROUNDS)}
