@@ -35,6 +35,8 @@ BAD_METADATA = [
     BadMetadata("value-object", {"score": {"a": "b"}}, "metadata.score", "invalid_type"),
     BadMetadata("not-an-object", ["a", "b"], "metadata", "invalid_type"),
     BadMetadata("empty-key", {"": "v"}, "metadata", "invalid_value"),
+    BadMetadata("nul-in-key", {"a\x00b": "v"}, "metadata", "invalid_value"),
+    BadMetadata("nul-in-value", {"topic": "a\x00b"}, "metadata.topic", "invalid_value"),
 ]
 # Values at the limits that must pass.
 GOOD_METADATA = [
@@ -53,5 +55,8 @@ BAD_LIST_QUERIES = [
     BadQuery("order-sideways", [("order", "sideways")], "order", "invalid_value"),
     BadQuery("too-many-filters", [(f"metadata[k{i}]", "v") for i in range(17)], "metadata", "object_above_max_properties"),
     BadQuery("filter-key-too-long", [(f"metadata[{LONG_KEY}]", "v")], f"metadata.{LONG_KEY}", "property_name_above_max_length"),
+    BadQuery("nul-in-model", [("model", "a\x00b")], "model", "invalid_value"),
+    BadQuery("nul-in-after", [("after", "a\x00b")], "after", "invalid_value"),
+    BadQuery("nul-in-filter", [("metadata[k]", "a\x00b")], "metadata.k", "invalid_value"),
     BadQuery("filter-value-too-long", [("metadata[topic]", "x" * 513)], "metadata.topic", "string_above_max_length"),
 ]

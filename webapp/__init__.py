@@ -43,6 +43,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         configure_engine(db.engine, busy_timeout=app.config["DATABASE_TIMEOUT"])
 
     from . import models  # noqa: F401  (registers the tables with the metadata)
+    from .admin import bp as admin_bp
     from .api import bp as api_bp
     from .cli import register_commands
     from .errors import register_error_handlers
@@ -50,6 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)
+    app.register_blueprint(admin_bp)
     register_commands(app)
 
     @app.get("/healthz")

@@ -31,6 +31,10 @@ users_cli = AppGroup("users", help="Manage the people who sign in to the admin U
 def create_key(name: str, read_only: bool) -> None:
     """Create an API key; its secret is printed once, alone on the last line."""
     try:
+        name = validation.clean_api_key_name(name)
+    except validation.ValidationError as exc:
+        raise click.BadParameter(exc.message, param_hint="NAME") from None
+    try:
         with write_transaction() as session:
             _key, secret = store.create_api_key(session, name=name, read_only=read_only)
     except store.NameTaken as exc:

@@ -33,9 +33,17 @@ def _secret_key(instance_path: str) -> str:
     except FileNotFoundError:
         pass
     key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Write aside, then link into place: a worker racing us sees no file or a whole one.
+    tmp = path.with_name(f".secret_key.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
     return key
 
 
@@ -63,21 +71,19 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     config["DATABASE_URL"] = url
     config["SQLALCHEMY_DATABASE_URI"] = url
     timeout = config["DATABASE_TIMEOUT"]
-    if url.startswith("sqlite"):
-        # The busy timeout is set per connection in extensions.configure_engine.
-        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
-    else:
-        config.setdefault(
-            "SQLALCHEMY_ENGINE_OPTIONS",
-            {
-                "pool_pre_ping": True,
-                "pool_size": 10,
-                "max_overflow": 20,
-                "pool_timeout": timeout,
-                "connect_args": {
-                    "connect_timeout": max(1, int(timeout)),
-                    # A statement that cannot finish in time is cut off instead of holding a worker.
-                    "options": f"-c statement_timeout={int(timeout * 6000)}",
-                },
+    # Keep bound values (hashes, metadata, messages) out of exception text and so out of logs.
+    options: dict[str, Any] = {"hide_parameters": True}
+    if not url.startswith("sqlite"):
+        # The busy timeout of SQLite is set per connection in extensions.configure_engine.
+        options.update(
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=timeout,
+            connect_args={
+                "connect_timeout": max(1, int(timeout)),
+                # A statement that cannot finish in time is cut off instead of holding a worker.
+                "options": f"-c statement_timeout={int(timeout * 6000)}",
             },
         )
+    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", options)

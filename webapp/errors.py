@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
@@ -136,7 +137,9 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(exc)
 
     @app.errorhandler(ValidationError)
-    def _validation_error(exc: ValidationError) -> Response:
+    def _validation_error(exc: ValidationError) -> Any:
+        if not wants_json():
+            return _html_error(400, "Invalid request", exc.message)
         return error_response(APIError(400, exc.message, param=exc.param, code=exc.code))
 
     @app.errorhandler(CompletionNotFound)
@@ -146,8 +149,20 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(APIError(404, str(exc)))
 
     @app.errorhandler(PreconditionFailed)
-    def _precondition_failed(exc: PreconditionFailed) -> Response:
+    def _precondition_failed(exc: PreconditionFailed) -> Any:
+        if not wants_json():
+            return _html_error(412, "Changed meanwhile", "Someone changed this completion since you loaded the page. Reload it and try again.")
         return error_response(APIError(412, str(exc), code="precondition_failed"))
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc: CSRFError) -> Any:
+        # Only HTML forms carry CSRF tokens (the API is exempt). Refused like Django does: 403.
+        return _html_error(
+            403,
+            "Form refused",
+            f"{exc.description} The form's security token was missing, wrong or from another session: "
+            "go back, reload the page and submit it again.",
+        )
 
     @app.errorhandler(HTTPException)
     def _http_exception(exc: HTTPException) -> Any:

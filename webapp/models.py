@@ -22,14 +22,15 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants room to grow.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-Json = JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON, not JSONB: it keeps the text as given (key order, "\u0000" escapes) and nothing
+# queries inside it; the metadata filter has its own indexed table.
+Json = JSON()
 
 
 def utcnow() -> datetime:

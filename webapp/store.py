@@ -7,20 +7,21 @@ says what it returns and what it raises.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .models import ApiKey, Completion, CompletionMetadata, MetadataChange, User, utcnow
-from .validation import ListQuery, Order, PageQuery, ValidationError
+from .models import ApiKey, Completion, CompletionMetadata, MetadataChange, User, UserSession, utcnow
+from .validation import ListQuery, Order, PageQuery, ValidationError, clean_metadata
 
 # The request fields OpenAI echoes on a stored completion, by their name in the create request.
 ECHOED_REQUEST_FIELDS = {
@@ -142,24 +143,42 @@ def etag(row: Completion) -> str:
 
 def get_completion(session: Session, *, completion_id: str) -> Completion:
     """Return the live completion ``completion_id``; raise CompletionNotFound otherwise."""
+    if "\x00" in completion_id:
+        # No id can hold NUL (PostgreSQL text refuses it), so it is simply not there.
+        raise CompletionNotFound(completion_id)
     row = session.scalar(select(Completion).where(Completion.id == completion_id, Completion.deleted.is_(False)))
     if row is None:
         raise CompletionNotFound(completion_id)
     return row
 
 
-def _filtered(stmt: Any, *, model: str | None, metadata: Mapping[str, str]) -> Any:
+# Below this many matches SQLite reads a metadata filter's matches from its index and sorts them;
+# above it, walking the (created, seq) index and checking each row finds a page sooner.
+SELECTIVE_FILTER_ROWS = 2000
+
+
+def _metadata_condition(session: Session, key: str, value: str) -> Any:
+    """Return the WHERE condition for one ``metadata[key]=value`` filter, shaped for the planner at hand.
+
+    PostgreSQL knows how common each value is and plans the EXISTS either way. SQLite's
+    planner does not, so a bounded count on the covering (key, value, seq) index decides.
+    """
+    matches = select(CompletionMetadata.completion_seq).where(
+        CompletionMetadata.key == key, CompletionMetadata.value == value
+    )
+    if session.get_bind().dialect.name == "sqlite":
+        probe = select(func.count()).select_from(matches.limit(SELECTIVE_FILTER_ROWS).subquery())
+        if (session.scalar(probe) or 0) < SELECTIVE_FILTER_ROWS:
+            return Completion.seq.in_(matches)
+    return exists(matches.where(CompletionMetadata.completion_seq == Completion.seq))
+
+
+def _filtered(session: Session, stmt: Any, *, model: str | None, metadata: Mapping[str, str]) -> Any:
     stmt = stmt.where(Completion.deleted.is_(False))
     if model is not None:
         stmt = stmt.where(Completion.model == model)
     for key, value in metadata.items():
-        stmt = stmt.where(
-            exists().where(
-                CompletionMetadata.completion_seq == Completion.seq,
-                CompletionMetadata.key == key,
-                CompletionMetadata.value == value,
-            )
-        )
+        stmt = stmt.where(_metadata_condition(session, key, value))
     return stmt
 
 
@@ -190,7 +209,7 @@ def list_completions(session: Session, *, query: ListQuery) -> Page:
     Raises ValidationError (param ``after``) when ``after`` names a completion that never
     existed; a deleted one still pages on from where it stood.
     """
-    stmt = _keyset(_filtered(select(Completion), model=query.model, metadata=query.metadata), after=query.after, order=query.order)
+    stmt = _keyset(_filtered(session, select(Completion), model=query.model, metadata=query.metadata), after=query.after, order=query.order)
     rows = list(session.scalars(stmt.limit(query.limit + 1)))
     if not rows:
         # Only an empty page can hide a cursor that does not exist.
@@ -222,7 +241,7 @@ def iter_completions(
 
 def count_completions(session: Session, *, model: str | None = None, metadata: Mapping[str, str] | None = None) -> int:
     """Return how many live completions match the filters (for progress bars, not for list pages)."""
-    stmt = _filtered(select(func.count()).select_from(Completion), model=model, metadata=metadata or {})
+    stmt = _filtered(session, select(func.count()).select_from(Completion), model=model, metadata=metadata or {})
     return session.scalar(stmt) or 0
 
 
@@ -247,8 +266,24 @@ def list_messages(session: Session, *, completion_id: str, query: PageQuery) -> 
 
 
 def list_models(session: Session) -> list[str]:
-    """Return the distinct models of live completions, sorted."""
-    return list(session.scalars(select(Completion.model).where(Completion.deleted.is_(False)).distinct().order_by(Completion.model)))
+    """Return the distinct models of live completions, sorted.
+
+    A plain DISTINCT reads every row (most of a second at a million rows); this hops
+    from one model to the next along the (model, created, seq) index instead, one
+    lookup per model, on SQLite and PostgreSQL alike.
+    """
+    step, live = aliased(Completion), aliased(Completion)
+    models = select(func.min(Completion.model).label("model")).cte("models", recursive=True)
+    models = models.union_all(
+        select(select(func.min(step.model)).where(step.model > models.c.model).scalar_subquery())
+        .where(models.c.model.is_not(None))
+    )
+    stmt = (
+        select(models.c.model)
+        .where(models.c.model.is_not(None), exists().where(live.model == models.c.model, live.deleted.is_(False)))
+        .order_by(models.c.model)
+    )
+    return list(session.scalars(stmt))
 
 
 def _replace_metadata_rows(session: Session, seq: int, metadata: Mapping[str, str]) -> None:
@@ -472,3 +507,186 @@ def check_password(user: User, password: str) -> bool:
     return check_password_hash(user.password_hash, password)
 
 
+# --- Admin sign-in ----------------------------------------------------------------------
+
+
+class SignInLocked(Exception):
+    """Too many failed sign-ins for this username: refused until ``until``, even with the right password."""
+
+    def __init__(self, username: str, until: datetime) -> None:
+        super().__init__(f"Too many failed sign-ins for '{username}'.")
+        self.username = username
+        self.until = until
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Return ``value`` timezone-aware: SQLite hands back naive datetimes that were stored as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+@functools.cache
+def _decoy_password_hash() -> str:
+    return generate_password_hash(secrets.token_hex(16))
+
+
+def verify_sign_in(session: Session, *, username: str, password: str, now: datetime | None = None) -> User | None:
+    """Return the user named ``username`` if ``password`` is theirs, else None. Writes nothing.
+
+    Raises SignInLocked while the username is locked, even for the right password. An
+    unknown username costs the same password check, so timing does not tell which exist.
+    The slow check runs outside any write transaction; ``record_sign_in`` writes the outcome.
+    """
+    # No username can hold NUL (PostgreSQL text refuses it), so it is simply not there.
+    user = None if "\x00" in username else session.scalar(select(User).where(User.username == username))
+    if user is None:
+        check_password_hash(_decoy_password_hash(), password)
+        return None
+    if user.locked_until is not None and _as_utc(user.locked_until) > (now or utcnow()):
+        raise SignInLocked(username, _as_utc(user.locked_until))
+    return user if check_password(user, password) else None
+
+
+def record_sign_in(
+    session: Session,
+    *,
+    username: str,
+    succeeded: bool,
+    max_failures: int,
+    lock_for: timedelta,
+    now: datetime | None = None,
+) -> None:
+    """Clear the failed sign-ins of ``username`` after a success, or count one more failure.
+
+    The ``max_failures``-th failure in a row locks the username for ``lock_for``. Counted
+    in SQL, so concurrent wrong guesses all count. An unknown username changes nothing.
+    """
+    if "\x00" in username:
+        return
+    if succeeded:
+        session.execute(
+            update(User)
+            .where(User.username == username, (User.failed_logins != 0) | User.locked_until.is_not(None))
+            .values(failed_logins=0, locked_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        return
+    failures = session.scalar(
+        update(User)
+        .where(User.username == username)
+        .values(failed_logins=User.failed_logins + 1)
+        .returning(User.failed_logins)
+        .execution_options(synchronize_session=False)
+    )
+    if failures is not None and failures >= max_failures:
+        session.execute(
+            update(User)
+            .where(User.username == username)
+            .values(failed_logins=0, locked_until=(now or utcnow()) + lock_for)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def start_user_session(session: Session, *, user_id: int) -> str:
+    """Open a sign-in session for ``user_id``; return its token (for the cookie), which is kept only as a hash."""
+    token = secrets.token_urlsafe(32)
+    session.add(UserSession(id=hash_secret(token), user_id=user_id))
+    session.flush()
+    return token
+
+
+def user_for_session(session: Session, *, token: str, max_age: timedelta, now: datetime | None = None) -> User | None:
+    """Return the user signed in with ``token``, or None if the session ended, expired or never existed."""
+    now = now or utcnow()
+    row = session.execute(
+        select(User, UserSession.created_at)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(UserSession.id == hash_secret(token))
+    ).first()
+    if row is None or _as_utc(row.created_at) + max_age <= now:
+        return None
+    return row.User
+
+
+def end_user_session(session: Session, *, token: str) -> None:
+    """End the sign-in session ``token`` (a cookie still carrying it no longer signs anyone in)."""
+    session.execute(delete(UserSession).where(UserSession.id == hash_secret(token)))
+
+
+def end_expired_user_sessions(session: Session, *, user_id: int, max_age: timedelta, now: datetime | None = None) -> None:
+    """Delete the sessions of ``user_id`` older than ``max_age`` (they can no longer sign anyone in)."""
+    cutoff = (now or utcnow()) - max_age
+    session.execute(delete(UserSession).where(UserSession.user_id == user_id, UserSession.created_at <= cutoff))
+
+
+# --- Admin: history and bulk labelling --------------------------------------------------
+
+
+def get_metadata_change(session: Session, *, change_id: int) -> MetadataChange:
+    """Return the recorded metadata change ``change_id``; raise LookupError if there is none."""
+    change = session.get(MetadataChange, change_id)
+    if change is None:
+        raise LookupError(f"No metadata change #{change_id}.")
+    return change
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What a bulk metadata change did: ids changed, ids already as asked, ids refused with the reason."""
+
+    changed: list[str]
+    unchanged: list[str]
+    refused: list[tuple[str, str]]
+
+
+def set_metadata_key(
+    session: Session,
+    *,
+    completion_ids: Iterable[str],
+    key: str,
+    value: str | None,
+    actor: str,
+) -> BulkResult:
+    """Set ``key`` to ``value`` (``None`` removes it) on each completion, recording each change.
+
+    ``key`` and ``value`` must be clean already. A completion whose metadata would break
+    a rule (more than 16 pairs) is left as it is and reported in ``refused`` with the
+    rule's message, as is an id that is not live. Nothing commits here: the caller's
+    transaction holds every change or none.
+    """
+    changed: list[str] = []
+    unchanged: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for completion_id in completion_ids:
+        try:
+            outcome = _set_one_key(session, completion_id=completion_id, key=key, value=value, actor=actor)
+        except CompletionNotFound:
+            refused.append((completion_id, "Not found: deleted meanwhile, or never stored."))
+            continue
+        except (ValidationError, PreconditionFailed) as exc:
+            refused.append((completion_id, exc.message if isinstance(exc, ValidationError) else str(exc)))
+            continue
+        (changed if outcome else unchanged).append(completion_id)
+    return BulkResult(changed=changed, unchanged=unchanged, refused=refused)
+
+
+def _set_one_key(session: Session, *, completion_id: str, key: str, value: str | None, actor: str) -> bool:
+    """Set or remove one key on the current version of one completion; return whether it changed."""
+    for _attempt in range(5):
+        row = get_completion(session, completion_id=completion_id)
+        before = dict(row.metadata_map or {})
+        after = dict(before)
+        if value is None:
+            after.pop(key, None)
+        else:
+            after[key] = value
+        if after == before:
+            return False
+        try:
+            update_metadata(
+                session, completion_id=completion_id, metadata=clean_metadata(after), actor=actor, if_match={etag(row)}
+            )
+            return True
+        except PreconditionFailed:
+            # Changed by someone else since we read it: apply the change to what they wrote.
+            session.expire(row)
+    raise PreconditionFailed(get_completion(session, completion_id=completion_id))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512
+MAX_API_KEY_NAME_LENGTH = 100
 DEFAULT_LIMIT = 20
 MIN_LIMIT = 1
 MAX_LIMIT = 100
@@ -71,10 +72,18 @@ def _type_name(value: Any) -> str:
     )
 
 
+def reject_nul(value: str, param: str) -> str:
+    """Return ``value`` unless it holds a NUL character, which no database text column can keep."""
+    if "\x00" in value:
+        raise ValidationError(f"Invalid '{param}': strings must not contain NUL (\\u0000) characters.", param, "invalid_value")
+    return value
+
+
 def clean_metadata_key(key: Any, *, param: str = "metadata") -> str:
     """Return ``key`` if it is a usable metadata key; raise ValidationError otherwise."""
     if not isinstance(key, str) or not key:
         raise ValidationError(f"Invalid '{param}': keys must be non-empty strings.", param, "invalid_value")
+    reject_nul(key, param)
     if len(key) > MAX_METADATA_KEY_LENGTH:
         raise ValidationError(
             f"Invalid '{param}.{key}': property name too long. Expected a property name with maximum "
@@ -101,7 +110,7 @@ def clean_metadata_value(key: str, value: Any, *, param: str = "metadata") -> st
             where,
             "string_above_max_length",
         )
-    return value
+    return reject_nul(value, where)
 
 
 def _check_pair_count(count: int, param: str) -> None:
@@ -200,7 +209,7 @@ def _clean_after(raw: str | None) -> str | None:
         return None
     if not raw:
         raise ValidationError("Invalid 'after': expected a non-empty id.", "after", "invalid_value")
-    return raw
+    return reject_nul(raw, "after")
 
 
 def clean_page_query(pairs: Iterable[tuple[str, str]]) -> PageQuery:
@@ -233,7 +242,7 @@ def clean_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
         elif name.startswith("metadata[") and name.endswith("]"):
             filters.setdefault(name[len("metadata[") : -1], value)
     return ListQuery(
-        model=model or None,
+        model=reject_nul(model, "model") if model else None,
         metadata=clean_metadata(filters),
         after=page.after,
         limit=page.limit,
@@ -332,8 +341,21 @@ def clean_import_record(record: Any) -> dict[str, Any]:
             )
     if not record["id"] or len(record["id"]) > 255:
         raise ValidationError("Invalid 'id': expected 1 to 255 characters.", "id", "invalid_value")
+    reject_nul(record["id"], "id")
+    reject_nul(record["model"], "model")
     if not all(isinstance(m, dict) for m in record["messages"]):
         raise ValidationError("Invalid 'messages': every message must be an object.", "messages", "invalid_type")
     cleaned = dict(record)
     cleaned["metadata"] = clean_metadata(record.get("metadata"))
     return cleaned
+
+
+def clean_api_key_name(name: Any) -> str:
+    """Return an API key's name: 1 to 100 characters, without surrounding spaces."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or len(name) > MAX_API_KEY_NAME_LENGTH:
+        raise ValidationError(
+            f"Invalid 'name': expected 1 to {MAX_API_KEY_NAME_LENGTH} characters, not starting or ending with a space.",
+            "name",
+            "invalid_value",
+        )
+    return reject_nul(name, "name")

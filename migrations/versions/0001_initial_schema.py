@@ -7,7 +7,6 @@ Create Date: 2026-11-25 17:51:50.712628
 """
 from alembic import op
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
 revision = '0001'
@@ -36,9 +35,9 @@ def upgrade():
     sa.Column('created', sa.BigInteger(), nullable=False),
     sa.Column('model', sa.String(length=255), nullable=False),
     sa.Column('deleted', sa.Boolean(), nullable=False),
-    sa.Column('body', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('messages', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('metadata', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('body', sa.JSON(), nullable=True),
+    sa.Column('messages', sa.JSON(), nullable=True),
+    sa.Column('metadata', sa.JSON(), nullable=True),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('seq'),
@@ -54,8 +53,8 @@ def upgrade():
     sa.Column('completion_id', sa.String(length=255), nullable=False),
     sa.Column('changed_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('actor', sa.String(length=200), nullable=False),
-    sa.Column('before', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('after', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('before', sa.JSON(), nullable=False),
+    sa.Column('after', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('metadata_changes', schema=None) as batch_op:

@@ -56,13 +56,13 @@ def list_completions() -> Response:
     return jsonify(list_body(page, [store.completion_object(row) for row in page.rows]))
 
 
-@bp.get("/chat/completions/<completion_id>")
+@bp.get("/chat/completions/<path:completion_id>")
 def retrieve_completion(completion_id: str) -> Response:
     """Return one stored completion."""
     return completion_response(store.get_completion(db.session, completion_id=completion_id))
 
 
-@bp.post("/chat/completions/<completion_id>")
+@bp.post("/chat/completions/<path:completion_id>")
 def update_completion(completion_id: str) -> Response:
     """Replace a completion's metadata; ``If-Match`` guards against lost updates."""
     metadata = validation.clean_update_body(json_body())
@@ -74,7 +74,7 @@ def update_completion(completion_id: str) -> Response:
     return response
 
 
-@bp.delete("/chat/completions/<completion_id>")
+@bp.delete("/chat/completions/<path:completion_id>")
 def delete_completion(completion_id: str) -> Response:
     """Delete a completion, keeping its place for cursors."""
     with write_transaction() as session:
@@ -82,7 +82,7 @@ def delete_completion(completion_id: str) -> Response:
     return jsonify({"object": "chat.completion.deleted", "id": completion_id, "deleted": True})
 
 
-@bp.get("/chat/completions/<completion_id>/messages")
+@bp.get("/chat/completions/<path:completion_id>/messages")
 def list_messages(completion_id: str) -> Response:
     """List the input messages of a stored completion."""
     query = validation.clean_page_query(request.args.items(multi=True))

@@ -1,0 +1,298 @@
+"""The admin list at ``/``: filters kept in the URL, keyset paging, bulk labelling and the export download."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from webapp import store
+from webapp.admin.views import PAGE_SIZE
+from webapp.extensions import db
+from webapp.models import MetadataChange
+
+from .admin_fixtures import Admin, admin, element, metadata_of, text, user  # noqa: F401
+from .conftest import completion_body, seed
+
+
+def listed(page: str) -> list[str]:
+    """Return the completion ids a list page shows, top to bottom (from the bulk checkboxes)."""
+    import html
+
+    return [html.unescape(value) for value in re.findall(r'name="ids" value="([^"]*)"', page)]
+
+
+def link(page: str, rel: str) -> str | None:
+    """Return the href of the pager's ``rel`` link (prev: newer, next: older), or None."""
+    import html
+
+    match = re.search(rf'rel="{rel}" href="([^"]+)"', page)
+    return html.unescape(match.group(1)) if match else None
+
+
+@pytest.fixture
+def labelled(app) -> list[dict[str, Any]]:
+    """Six completions, newest last: two models, teams red and blue."""
+    records = [
+        completion_body(
+            f"c{i}",
+            created=1_700_000_000 + i,
+            model="gpt-a" if i % 2 else "gpt-b",
+            content=f"Reply number {i}",
+            metadata={"team": "red" if i < 3 else "blue", "n": str(i)},
+        )
+        for i in range(6)
+    ]
+    seed(*records)
+    return records
+
+
+def test_the_list_shows_the_newest_first_with_what_each_says(admin: Admin, labelled: list) -> None:
+    page = admin.page("/")
+    assert listed(page) == ["c5", "c4", "c3", "c2", "c1", "c0"]
+    row = text(page[page.index('value="c5"') : page.index('value="c4"')])
+    assert "gpt-a" in row and "Say hello (c5)" in row and "Reply number 5" in row and "team blue" in row and "n 5" in row
+    assert '<time datetime="2023-11-14T22:13:25Z" title="2023-11-14T22:13:25Z">14 Nov 2023, 22:13 UTC</time>' in page
+    assert link(page, "prev") is None and link(page, "next") is None
+
+
+def test_long_messages_are_cut_short_in_the_list(admin: Admin) -> None:
+    seed(completion_body("long", content="word " * 200, messages=[{"role": "user", "content": "question " * 100}]))
+    row = text(admin.page("/"))
+    assert "question question" in row and "…" in row
+    assert "question " * 20 not in row
+
+
+def test_the_model_select_offers_the_models_present(admin: Admin, labelled: list) -> None:
+    page = admin.page("/")
+    assert re.findall(r'<option value="(gpt-[ab])"', page) == ["gpt-a", "gpt-b"]
+    assert '<option value="gpt-a" selected>' in admin.page("/?model=gpt-a")
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("model=gpt-a", ["c5", "c3", "c1"]),
+        ("metadata=team%3Dred", ["c2", "c1", "c0"]),
+        ("metadata=team%3Dred&metadata=n%3D1", ["c1"]),
+        ("model=gpt-b&metadata=team%3Dblue", ["c4"]),
+        ("metadata=team%3Dgreen", []),
+        ("metadata=&metadata=team%3Dblue&metadata=", ["c5", "c4", "c3"]),
+    ],
+)
+def test_filters_live_in_the_url(admin: Admin, labelled: list, query: str, expected: list[str]) -> None:
+    page = admin.page(f"/?{query}")
+    assert listed(page) == expected
+    if not expected:
+        assert "No completions match this filter." in text(page)
+
+
+def test_the_filter_form_shows_the_current_filter_and_a_spare_input(admin: Admin, labelled: list) -> None:
+    page = admin.page("/?metadata=team%3Dred&metadata=n%3D1")
+    assert 'value="team=red"' in page and 'value="n=1"' in page
+    assert 'id="filter-metadata-2"' in page, "one empty input to add a filter"
+    assert '<label for="filter-metadata-0" class="visually-hidden">' in page
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("metadata=team", "Invalid metadata filter 'team': write it as KEY=VALUE."),
+        ("metadata=" + "k" * 65 + "%3Dv", "Invalid 'metadata." + "k" * 65 + "': property name too long."),
+        ("metadata=topic%3D" + "x" * 513, "Invalid 'metadata.topic': string too long."),
+        ("&".join(f"metadata=k{i}%3Dv" for i in range(17)), "Invalid 'metadata': too many properties."),
+    ],
+)
+def test_a_bad_filter_is_shown_beside_its_input(admin: Admin, labelled: list, query: str, message: str) -> None:
+    response = admin.get(f"/?{query}")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert message in text(page)
+    assert listed(page) == []
+    if "too many" not in message:
+        assert message in element(page, "filter-metadata-0-error")
+        assert re.search(r'aria-describedby="filter-metadata-0-error" aria-invalid="true"', page)
+
+
+def test_the_filter_messages_are_the_apis(admin: Admin, auth: dict, labelled: list) -> None:
+    api = admin.get(f"/v1/chat/completions?metadata[{'k' * 65}]=v", headers=auth).get_json()["error"]["message"]
+    assert api in text(admin.get("/?metadata=" + "k" * 65 + "%3Dv").get_data(as_text=True))
+
+
+@pytest.fixture
+def many(app) -> list[str]:
+    """PAGE_SIZE * 2 + 7 completions, several sharing each second; returns the ids newest first."""
+    count = PAGE_SIZE * 2 + 7
+    seed(*(completion_body(f"m{i:03d}", created=1_700_000_000 + i // 4, metadata={"even": str(i % 2 == 0)}) for i in range(count)))
+    return [f"m{i:03d}" for i in reversed(range(count))]
+
+
+def walk(admin: Admin, url: str | None, rel: str) -> Iterator[tuple[str, list[str]]]:
+    """Follow the pager's ``rel`` links from ``url``; yield each page's URL and ids."""
+    while url:
+        page = admin.page(url)
+        yield url, listed(page)
+        url = link(page, rel)
+
+
+def test_paging_older_then_newer_never_skips_or_repeats(admin: Admin, many: list[str]) -> None:
+    older = list(walk(admin, "/", "next"))
+    assert [len(ids) for _, ids in older] == [PAGE_SIZE, PAGE_SIZE, 7]
+    assert sum((ids for _, ids in older), []) == many
+    last_url = older[-1][0]
+    newer = list(walk(admin, link(admin.page(last_url), "prev"), "prev"))
+    assert [ids for _, ids in newer] == [older[1][1], older[0][1]]
+    assert link(admin.page("/"), "prev") is None, "the first page has nothing newer"
+
+
+def test_paging_keeps_the_filter(admin: Admin, many: list[str]) -> None:
+    pages = [ids for _, ids in walk(admin, "/?metadata=even%3DTrue", "next")]
+    expected = [i for i in many if int(i[1:]) % 2 == 0]
+    assert sum(pages, []) == expected and len(pages) == 2
+
+
+def test_a_page_is_one_query_and_never_a_count(admin: Admin, many: list[str]) -> None:
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        admin.page(f"/?after={many[PAGE_SIZE - 1]}&metadata=even%3DTrue&model=gpt-test")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    selects = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    # The store may probe how selective a filter is, but only ever counts up to a small LIMIT.
+    assert not [s for s in selects if "count(" in s.lower() and "LIMIT" not in s], "no count of the whole table"
+    pages = [s for s in selects if re.search(r"FROM completions\b", s) and "LIMIT" in s and "count(" not in s.lower()]
+    assert len(pages) == 1, pages
+
+
+def test_a_cursor_that_never_existed_goes_back_to_the_newest(admin: Admin, labelled: list) -> None:
+    response = admin.get("/?after=never-existed&model=gpt-a")
+    assert response.status_code == 302 and response.headers["Location"] == "/?model=gpt-a"
+    assert "That page of the list no longer exists" in text(admin.page("/?model=gpt-a"))
+
+
+def test_an_empty_store_says_how_to_fill_it(admin: Admin) -> None:
+    assert "No completions are stored yet." in text(admin.page("/"))
+
+
+# --- Bulk labelling ---------------------------------------------------------------------
+
+
+def bulk(admin: Admin, **form: Any) -> Any:
+    return admin.post("/bulk", {"action": "set", "scope": "selected", "value": "", **form})
+
+
+def test_bulk_set_on_the_ticked_completions(admin: Admin, labelled: list) -> None:
+    response = bulk(admin, key="label", value="good", ids=["c1", "c4"], metadata=["team=red"], after="")
+    assert response.status_code == 303 and response.headers["Location"] == "/?metadata=team%3Dred"
+    assert "Set 'label' to 'good' on 2 completions." in text(admin.page("/"))
+    assert metadata_of("c1") == {"team": "red", "n": "1", "label": "good"}
+    assert metadata_of("c4")["label"] == "good" and "label" not in metadata_of("c2")
+    changes = db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all()
+    assert sorted(c.completion_id for c in changes) == ["c1", "c4"]
+    assert changes[0].before == {"team": "red", "n": "1"} or changes[0].before == {"team": "blue", "n": "4"}
+
+
+def test_bulk_remove_on_everything_the_filter_matches(admin: Admin, labelled: list) -> None:
+    response = bulk(admin, action="remove", key="n", scope="all", metadata=["team=blue"])
+    assert response.status_code == 303
+    assert "Removed 'n' from 3 completions." in text(admin.page("/"))
+    assert [metadata_of(f"c{i}") for i in range(6)] == [
+        {"team": "red", "n": "0"}, {"team": "red", "n": "1"}, {"team": "red", "n": "2"},
+        {"team": "blue"}, {"team": "blue"}, {"team": "blue"},
+    ]
+    assert db.session.scalar(select(MetadataChange).where(MetadataChange.completion_id == "c3", MetadataChange.actor == "user:ann")).after == {"team": "blue"}
+
+
+def test_bulk_reports_what_was_already_so(admin: Admin, labelled: list) -> None:
+    bulk(admin, key="team", value="red", scope="all")
+    assert "Set 'team' to 'red' on 3 completions; 3 had it already." in text(admin.page("/"))
+    assert db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all().__len__() == 3
+
+
+def test_bulk_on_every_match_pages_through_more_than_one_batch(admin: Admin, many: list[str]) -> None:
+    bulk(admin, key="batch", value="x", scope="all", metadata=["even=False"])
+    odd = [i for i in many if int(i[1:]) % 2]
+    assert all(metadata_of(i).get("batch") == "x" for i in odd)
+    assert not any("batch" in metadata_of(i) for i in many if int(i[1:]) % 2 == 0)
+    assert f"on {len(odd)} completions" in text(admin.page("/"))
+
+
+def test_bulk_never_breaks_the_pair_limit_and_says_so(admin: Admin, labelled: list) -> None:
+    seed(completion_body("full", created=1_600_000_000, metadata={f"k{i}": "v" for i in range(16)}))
+    bulk(admin, key="label", value="good", ids=["full", "c0"])
+    page = text(admin.page("/"))
+    assert "Set 'label' to 'good' on 1 completion." in page
+    assert "Left unchanged: full. Invalid 'metadata': too many properties." in page
+    assert metadata_of("full") == {f"k{i}": "v" for i in range(16)} and metadata_of("c0")["label"] == "good"
+
+
+def test_bulk_reports_completions_deleted_meanwhile(admin: Admin, labelled: list) -> None:
+    bulk(admin, key="label", value="x", ids=["c0", "gone"])
+    assert "Left unchanged: gone. Not found: deleted meanwhile, or never stored." in text(admin.page("/"))
+
+
+@pytest.mark.parametrize(
+    "form, field, message",
+    [
+        ({"key": "k" * 65, "value": "v"}, "key", "property name too long"),
+        ({"key": "topic", "value": "x" * 513}, "value", "Invalid 'metadata.topic': string too long."),
+        ({"key": "", "value": "v"}, "key", "Invalid 'metadata': keys must be non-empty strings."),
+        ({"key": "", "action": "remove"}, "key", "Invalid 'metadata': keys must be non-empty strings."),
+        ({"key": "label", "value": "v", "ids": []}, "scope", "Tick at least one completion"),
+    ],
+)
+def test_a_bad_bulk_change_is_refused_beside_its_field(admin: Admin, labelled: list, form: dict, field: str, message: str) -> None:
+    form = {"ids": ["c1"], **form}
+    response = bulk(admin, **form)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert message in element(page, f"{field}-error")
+    assert "<details class=\"panel bulk\" open>" in page, "the bulk panel opens to show the error"
+    assert listed(page) == ["c5", "c4", "c3", "c2", "c1", "c0"]
+    assert ('name="ids" value="c1" id="pick-5" checked' in page) == bool(form["ids"]), "ticks are kept"
+    assert not db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all()
+
+
+# --- Export -----------------------------------------------------------------------------
+
+
+def lines(response: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+def test_export_downloads_the_filtered_completions_in_store_format(admin: Admin, labelled: list) -> None:
+    response = admin.get("/export?format=store&metadata=team%3Dred&model=gpt-a")
+    assert response.status_code == 200 and response.mimetype == "application/jsonl"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="completions-store-')
+    assert response.is_streamed
+    assert lines(response) == [labelled[1]]
+
+
+def test_export_in_chat_format(admin: Admin, labelled: list) -> None:
+    records = lines(admin.get("/export?format=chat&metadata=n%3D4"))
+    assert records == [{"messages": [*labelled[4]["messages"], {"role": "assistant", "content": "Reply number 4"}]}]
+
+
+def test_export_of_everything(admin: Admin, labelled: list) -> None:
+    assert [r["id"] for r in lines(admin.get("/export"))] == [f"c{i}" for i in range(6)]
+
+
+def test_the_export_form_carries_the_current_filter(admin: Admin, labelled: list) -> None:
+    page = admin.page("/?model=gpt-a&metadata=team%3Dred")
+    form = page[page.index('action="/export"') : page.index("</form>", page.index('action="/export"'))]
+    assert 'name="model" value="gpt-a"' in form and 'name="metadata" value="team=red"' in form
+
+
+@pytest.mark.parametrize("query", ["format=xml", "metadata=broken"])
+def test_a_bad_export_request_goes_back_to_the_list(admin: Admin, labelled: list, query: str) -> None:
+    response = admin.get(f"/export?{query}")
+    assert response.status_code == 302

@@ -1,0 +1,284 @@
+"""The admin UI in a real browser: headless Chromium (Debian's, never a downloaded one) driven by
+Playwright against a live gunicorn server over the test database. SQLite only.
+
+Skipped when /usr/bin/chromium is missing, unless REQUIRE_BROWSER=1 (CI), which makes that a failure.
+``UPDATE_SCREENSHOTS=1`` also saves the screenshots under docs/.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from webapp import store
+from webapp.extensions import write_transaction
+
+from .admin_fixtures import PASSWORD, USERNAME, make_user, metadata_of
+from .conftest import ROOT, LiveServer, completion_body, require, seed
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+XSS = "<img src=x onerror=alert(1)>"
+LONG_KEY = "k" * 65
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the module."""
+    if not os.path.exists(CHROMIUM):
+        require("REQUIRE_BROWSER", f"{CHROMIUM} is missing (apt-get install chromium): browser tests skipped")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, backend: str) -> LiveServer:
+    """The live server, on SQLite only (the store tests cover PostgreSQL), with a user to sign in."""
+    if backend != "sqlite":
+        pytest.skip("browser tests run on SQLite; the store and admin tests cover PostgreSQL")
+    server: LiveServer = request.getfixturevalue("live_server")
+    make_user()
+    return server
+
+
+class Tab:
+    """A browser tab on the live server that records every dialog and script error, which must stay empty."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        # A form answered 400 or 412 on purpose is logged too; a CSP violation or script error is not that.
+        if message.type == "error" and not message.text.startswith("Failed to load resource: the server responded"):
+            self.errors.append(message.text)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def goto(self, path: str) -> Any:
+        return self.page.goto(self.base + path)
+
+    def sign_in(self) -> None:
+        from playwright.sync_api import expect
+
+        self.goto("/")
+        expect(self.page).to_have_url(self.base + "/login?next=/")
+        self.page.get_by_label("Username").fill(USERNAME)
+        self.page.get_by_label("Password").fill(PASSWORD)
+        self.page.get_by_role("button", name="Sign in").click()
+        expect(self.page).to_have_url(self.base + "/")
+
+
+@contextmanager
+def open_tab(chromium: Any, server: LiveServer, **context: Any) -> Iterator[Tab]:
+    """A new browser context and tab; when the block ends well, no dialog opened and no script failed."""
+    ctx = chromium.new_context(**context)
+    ctx.set_default_timeout(15_000)
+    tab = Tab(ctx.new_page(), server.url)
+    try:
+        yield tab
+        assert tab.dialogs == [], "no page may open a dialog (a script ran)"
+        assert tab.errors == [], "no script errors or CSP violations"
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def tab(chromium: Any, server: LiveServer) -> Iterator[Tab]:
+    """A signed-in tab at desktop size."""
+    with open_tab(chromium, server, viewport={"width": 1280, "height": 900}) as tab:
+        tab.sign_in()
+        yield tab
+
+
+def listed(tab: Tab) -> list[str]:
+    return tab.page.locator('input[name="ids"]').evaluate_all("boxes => boxes.map(b => b.value)")
+
+
+def test_sign_in_filter_by_metadata_and_open_a_completion(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(*(completion_body(f"c{i}", created=1_700_000_000 + i, metadata={"team": "red" if i % 2 else "blue"}) for i in range(5)))
+    tab.goto("/")
+    assert listed(tab) == ["c4", "c3", "c2", "c1", "c0"]
+    tab.page.get_by_label("Metadata filter 1").fill("team=red")
+    tab.page.get_by_role("button", name="Apply filter").click()
+    expect(tab.page).to_have_url(tab.base + "/?model=&metadata=team%3Dred")
+    assert listed(tab) == ["c3", "c1"]
+    tab.page.get_by_role("link", name="c3", exact=True).click()
+    expect(tab.page.get_by_role("heading", level=1)).to_have_text("c3")
+    expect(tab.page.get_by_text("Say hello (c3)")).to_be_visible()
+
+
+def test_add_change_and_remove_pairs_then_see_them_after_reload(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("c1", metadata={"team": "red", "n": "1"}))
+    page = tab.page
+    tab.goto("/completions/c1")
+    page.get_by_label("Value 1").fill("blue")  # change team
+    page.get_by_label("Key 3").fill("label")  # the spare row
+    page.get_by_label("Value 3").fill("good")
+    page.get_by_role("button", name="Add row").click()  # no JavaScript: the page comes back with one more row
+    expect(page.get_by_label("Key 4")).to_have_value("")
+    expect(page.get_by_label("Value 3")).to_have_value("good")
+    page.get_by_label("Key 4").fill("extra")
+    page.get_by_label("Value 4").fill("1")
+    page.get_by_role("button", name="Remove row 2").click()  # remove n
+    expect(page.get_by_label("Key 2")).to_have_value("label")
+    page.get_by_role("button", name="Save metadata").click()
+    expect(page.get_by_role("status").filter(has_text="Saved the metadata (3 pairs).")).to_be_visible()
+    page.reload()
+    expect(page.get_by_label("Key 1")).to_have_value("team")
+    expect(page.get_by_label("Value 1")).to_have_value("blue")
+    expect(page.get_by_label("Key 2")).to_have_value("label")
+    expect(page.get_by_label("Key 3")).to_have_value("extra")
+    expect(page.get_by_label("Key 4")).to_have_value("")
+    assert metadata_of("c1") == {"team": "blue", "label": "good", "extra": "1"}
+    expect(page.locator(".history .change").first).to_contain_text("user ann")
+
+
+def test_enter_in_a_field_saves(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("c1", metadata={"team": "red"}))
+    tab.goto("/completions/c1")
+    tab.page.get_by_label("Value 1").fill("green")
+    tab.page.get_by_label("Value 1").press("Enter")
+    expect(tab.page.get_by_text("Saved the metadata (1 pair).")).to_be_visible()
+    assert metadata_of("c1") == {"team": "green"}
+
+
+def test_a_too_long_key_is_reported_beside_it(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("c1", metadata={"team": "red"}))
+    tab.goto("/completions/c1")
+    key = tab.page.get_by_label("Key 2")
+    key.fill(LONG_KEY)
+    tab.page.get_by_label("Value 2").fill("v")
+    tab.page.get_by_role("button", name="Save metadata").click()
+    key = tab.page.get_by_label("Key 2")
+    expect(key).to_have_attribute("aria-invalid", "true")
+    error = tab.page.locator("#rows-1-key-error")
+    expect(error).to_have_attribute("role", "alert")
+    expect(error).to_have_text(
+        f"Invalid 'metadata.{LONG_KEY}': property name too long. Expected a property name with maximum length 64, "
+        "but got a property name with length 65 instead."
+    )
+    expect(key).to_have_attribute("aria-describedby", "rows-1-key-error")
+    assert metadata_of("c1") == {"team": "red"}
+
+
+def test_a_stale_edit_is_refused(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("c1", metadata={"team": "red"}))
+    tab.goto("/completions/c1")
+    with write_transaction() as session:  # someone else saves meanwhile
+        store.update_metadata(session, completion_id="c1", metadata={"team": "blue", "by": "bob"}, actor="user:bob")
+    tab.page.get_by_label("Value 1").fill("green")
+    tab.page.get_by_role("button", name="Save metadata").click()
+    conflict = tab.page.locator(".conflict")
+    expect(conflict).to_contain_text("Not saved: someone changed this metadata after you loaded the page (user bob")
+    expect(conflict).to_contain_text("teamblue")
+    expect(conflict).to_contain_text("bybob")
+    expect(tab.page.get_by_label("Value 1")).to_have_value("green")
+    assert metadata_of("c1") == {"team": "blue", "by": "bob"}
+
+
+def test_delete_after_confirming(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("c1"), completion_body("c2", created=1_700_000_001))
+    tab.goto("/completions/c1")
+    tab.page.get_by_role("link", name="Delete…").click()
+    expect(tab.page.get_by_role("heading", name="Delete this completion?")).to_be_visible()
+    tab.page.get_by_role("button", name="Delete permanently").click()
+    expect(tab.page).to_have_url(tab.base + "/")
+    expect(tab.page.get_by_text("Deleted completion c1.")).to_be_visible()
+    assert listed(tab) == ["c2"]
+
+
+def test_hostile_text_renders_as_text_and_runs_nothing(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("x1", content=XSS, metadata={"note": XSS}, messages=[{"role": "user", "content": XSS}]))
+    for path in ("/", "/completions/x1", "/?metadata=" + quote(f"note={XSS}")):
+        tab.goto(path)
+        expect(tab.page.get_by_text(XSS).first).to_be_visible()
+        assert tab.page.locator('img[src="x"]').count() == 0
+    tab.goto("/completions/x1")
+    expect(tab.page.get_by_label("Value 1")).to_have_value(XSS)
+    tab.page.get_by_role("button", name="Save metadata").click()  # saving it back keeps it inert
+    expect(tab.page.get_by_text("Saved the metadata (1 pair).")).to_be_visible()
+    assert metadata_of("x1") == {"note": XSS}
+
+
+def showcase() -> None:
+    """Completions that look like real ones, for the screenshots."""
+    weather = completion_body(
+        "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        created=1_732_550_000,
+        model="gpt-4o-2024-08-06",
+        content="It's 21 °C and sunny in Paris right now: a light jacket is plenty.",
+        metadata={"team": "travel", "label": "good", "reviewer": "ann"},
+        messages=[
+            {"role": "system", "content": "You are a concise travel assistant. Use the tools when you need live data."},
+            {"role": "user", "content": "Do I need a coat in Paris today?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_Xj2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+            {"role": "tool", "tool_call_id": "call_Xj2", "content": '{"temp": 21, "sky": "clear", "wind_kmh": 8}'},
+        ],
+    )
+    weather["usage"] = {"prompt_tokens": 118, "completion_tokens": 19, "total_tokens": 137, "prompt_tokens_details": {"cached_tokens": 0}}
+    weather["temperature"] = 0.3
+    weather["tools"] = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    others = [
+        ("chatcmpl-B9MA1", "gpt-4o-mini", "Summarise this ticket: the export button times out on large projects.", "Export of large projects times out; needs streaming.", {"team": "support", "label": "good"}),
+        ("chatcmpl-B9M9z", "gpt-4o-mini", "Translate 'stored completions' into German.", "Gespeicherte Vervollständigungen.", {"team": "i18n"}),
+        ("chatcmpl-B9M9q", "llama-3.1-70b", "Write a haiku about databases.", "Rows in quiet sleep / indexes like lanterns glow / a query wakes them", {"team": "fun", "label": "needs-review"}),
+        ("chatcmpl-B9M9a", "gpt-4o-2024-08-06", "What's the capital of Australia?", "Canberra.", {}),
+    ]
+    seed(
+        *(
+            completion_body(cid, created=1_732_549_000 - i * 700, model=model, content=reply, metadata=meta, messages=[{"role": "user", "content": question}])
+            for i, (cid, model, question, reply, meta) in enumerate(others)
+        ),
+        weather,
+    )
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 860}, {"width": 390, "height": 844}], ids=["desktop", "phone"])
+def test_the_pages_fit_the_screen(chromium: Any, server: LiveServer, tmp_path: Path, viewport: dict[str, int]) -> None:
+    from playwright.sync_api import expect
+
+    showcase()
+    folder = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+    size = "phone" if viewport["width"] < 600 else "desktop"
+    with open_tab(chromium, server, viewport=viewport, device_scale_factor=1) as tab:
+        tab.sign_in()
+        for name, path in [("list", "/"), ("detail", "/completions/chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT")]:
+            tab.goto(path)
+            expect(tab.page.locator("main h1")).to_be_visible()
+            overflow = tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {viewport['width']}px"
+            tab.page.screenshot(path=str(folder / f"admin-{name}-{size}.png"), full_page=size == "phone" or name == "detail")

@@ -1,0 +1,66 @@
+"""An import killed with SIGKILL halfway, then run again, ends with every line stored exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from webapp.extensions import db
+from webapp.models import Completion, MetadataChange
+
+from .conftest import ROOT, TEST_SECRET_KEY, completion_body
+
+LINES = 4000
+
+
+def import_process(database_url: str, path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "webapp", "import", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET_KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stored() -> int:
+    db.session.rollback()
+    return db.session.scalar(select(func.count()).select_from(Completion)) or 0
+
+
+def test_import_killed_halfway_then_rerun(app, database_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as out:
+        for i in range(LINES):
+            out.write(json.dumps(completion_body(f"crash-{i:05d}", created=1_700_000_000 + i, metadata={"i": str(i)})) + "\n")
+
+    first = import_process(database_url, path)
+    deadline = time.monotonic() + 60
+    while stored() < LINES // 4:
+        assert first.poll() is None, "the import finished before it could be killed: make the file bigger"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    partial = stored()
+    assert 0 < partial < LINES
+
+    second = import_process(database_url, path)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err.decode()
+    # What the killed run committed is found unchanged; nothing of it is written twice.
+    assert f"{LINES - partial} new or changed, {partial} unchanged" in out.decode()
+
+    db.session.rollback()
+    rows = dict(db.session.execute(select(Completion.id, Completion.metadata_map)).all())
+    assert len(rows) == LINES
+    assert all(rows[f"crash-{i:05d}"] == {"i": str(i)} for i in range(LINES))
+    changes = db.session.execute(select(MetadataChange.completion_id, func.count()).group_by(MetadataChange.completion_id)).all()
+    assert len(changes) == LINES and all(count == 1 for _cid, count in changes)

@@ -1,0 +1,198 @@
+"""The admin forms. Each turns what the browser sent into the plain value the API would
+receive and hands it to the same ``webapp.validation`` function; no metadata rule is written here.
+
+An error names the API's field (``metadata.KEY``); the form shows its message beside the
+input that holds that key, or above the form when it names the whole map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, Field, FieldList, Form, FormField, HiddenField, PasswordField, RadioField, StringField
+from wtforms.validators import AnyOf, InputRequired
+
+from .. import validation
+from ..validation import MAX_METADATA_PAIRS, ValidationError
+
+
+class MultiValueField(Field):
+    """Every value sent under one name, as a list of strings (ticked checkboxes, repeated filters)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("default", list)
+        super().__init__(*args, **kwargs)
+
+    def process_formdata(self, valuelist: list[str]) -> None:
+        self.data = list(valuelist)
+
+
+def show_error(holders: Mapping[str, Form], form: Form, exc: ValidationError) -> None:
+    """Put ``exc.message`` beside the input it concerns: the ``key`` input for a bad key, the ``value`` input otherwise.
+
+    ``holders`` maps a metadata key to the (sub)form holding its ``key`` and ``value``
+    inputs; an error naming the whole map (``metadata``) or no held key goes on ``form``.
+    """
+    key = exc.param[len("metadata.") :] if exc.param and exc.param.startswith("metadata.") else None
+    holder = holders.get(key) if key is not None else None
+    if holder is None:
+        form.form_errors.append(exc.message)
+        return
+    field = holder["key" if exc.code == "property_name_above_max_length" else "value"]
+    field.errors = [*field.errors, exc.message]
+
+
+class LoginForm(FlaskForm):
+    """Sign in with a username and a password."""
+
+    username = StringField(
+        "Username",
+        validators=[InputRequired("Enter your username.")],
+        render_kw={"autocomplete": "username", "autocapitalize": "none", "spellcheck": "false", "autofocus": True},
+    )
+    password = PasswordField(
+        "Password", validators=[InputRequired("Enter your password.")], render_kw={"autocomplete": "current-password"}
+    )
+
+
+class MetadataRowForm(Form):
+    """One key/value row of the metadata editor (a sub-form: the outer form carries the CSRF token)."""
+
+    key = StringField("Key", render_kw={"autocomplete": "off", "spellcheck": "false", "placeholder": "key"})
+    value = StringField("Value", render_kw={"autocomplete": "off", "placeholder": "value"})
+
+
+class MetadataForm(FlaskForm):
+    """A completion's whole metadata map as rows, and the version the rows were read at.
+
+    Rows with neither key nor value are ignored, so a spare empty row costs nothing.
+    ``metadata`` holds the cleaned map once ``validate()`` has passed.
+    """
+
+    version = HiddenField(validators=[InputRequired()])
+    rows = FieldList(FormField(MetadataRowForm))
+
+    metadata: dict[str, str] | None = None
+
+    @classmethod
+    def for_pairs(cls, pairs: list[tuple[str, str]], *, version: int | str, spare_row: bool = True) -> MetadataForm:
+        """Return a form showing ``pairs`` (and an empty row to fill in, while there is room)."""
+        rows = [{"key": key, "value": value} for key, value in pairs]
+        if spare_row and len(rows) < MAX_METADATA_PAIRS:
+            rows.append({"key": "", "value": ""})
+        return cls(formdata=None, data={"version": str(version), "rows": rows})
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Return the rows as sent, in order, empty ones included."""
+        return [(entry.form.key.data or "", entry.form.value.data or "") for entry in self.rows]
+
+    def with_row_added(self) -> MetadataForm:
+        """Return the same form with one more empty row (none beyond the most a map may hold)."""
+        pairs = self.pairs()
+        if len(pairs) < MAX_METADATA_PAIRS:
+            pairs.append(("", ""))
+        return self.for_pairs(pairs, version=self.version.data or "", spare_row=False)
+
+    def with_row_removed(self, index: int) -> MetadataForm:
+        """Return the same form without row ``index``."""
+        pairs = self.pairs()
+        if 0 <= index < len(pairs):
+            del pairs[index]
+        return self.for_pairs(pairs, version=self.version.data or "", spare_row=not pairs)
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        """Check the token and version, then the rows as the map the API would receive."""
+        if not super().validate(extra_validators):
+            return False
+        metadata: dict[str, str] = {}
+        holders: dict[str, Form] = {}
+        for entry in self.rows:
+            row = entry.form
+            key, value = row.key.data or "", row.value.data or ""
+            if not key and not value:
+                continue
+            if key in holders:
+                # A JSON object cannot say this; two rows can, and one would silently win.
+                row.key.errors = [f"The key '{key}' is already used in another row: each key can appear once."]
+                return False
+            metadata[key] = value
+            holders[key] = row
+        try:
+            self.metadata = validation.clean_metadata(metadata)
+        except ValidationError as exc:
+            show_error(holders, self, exc)
+            return False
+        return True
+
+
+class BulkForm(FlaskForm):
+    """Set or remove one metadata key on the ticked completions, or on every one the filter matches."""
+
+    action = RadioField("Change", choices={"set": "Set the key to the value", "remove": "Remove the key"}, default="set")
+    key = StringField("Key", render_kw={"autocomplete": "off", "spellcheck": "false"})
+    value = StringField("Value", render_kw={"autocomplete": "off"})
+    scope = RadioField(
+        "Apply to",
+        choices={"selected": "The completions ticked below", "all": "Every completion matching the filter"},
+        default="selected",
+    )
+    ids = MultiValueField()
+
+    # The cleaned change once validate() has passed: the key, and its value (None removes it).
+    change: tuple[str, str | None] | None = None
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        """Check the key (and value) by the metadata rules, and that something is chosen."""
+        if not super().validate(extra_validators):
+            return False
+        key = self.key.data or ""
+        try:
+            if self.action.data == "remove":
+                self.change = (validation.clean_metadata_key(key), None)
+            else:
+                (key, value), = validation.clean_metadata({key: self.value.data or ""}).items()
+                self.change = (key, value)
+        except ValidationError as exc:
+            if exc.param == "metadata":
+                # The key itself (empty) is what is wrong.
+                self.key.errors = [*self.key.errors, exc.message]
+            else:
+                show_error({key: self}, self, exc)
+            return False
+        if self.scope.data == "selected" and not self.ids.data:
+            self.scope.errors = [*self.scope.errors, "Tick at least one completion, or apply to every completion matching the filter."]
+            return False
+        return True
+
+
+class RestoreForm(FlaskForm):
+    """Put back the metadata as it stood ``before`` or ``after`` a recorded change, if still at ``version``."""
+
+    version = HiddenField(validators=[InputRequired()])
+    state = HiddenField(validators=[AnyOf(["before", "after"])])
+
+
+class ApiKeyForm(FlaskForm):
+    """A new API key: its name and scope."""
+
+    name = StringField("Name", render_kw={"autocomplete": "off", "spellcheck": "false", "placeholder": "e.g. eval-runner"})
+    read_only = BooleanField("Read-only: can list and retrieve, but not change or delete")
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        """Check the name by the rule the command line uses too."""
+        if not super().validate(extra_validators):
+            return False
+        try:
+            self.name.data = validation.clean_api_key_name(self.name.data)
+        except ValidationError as exc:
+            self.name.errors = [*self.name.errors, exc.message]
+            return False
+        return True
+
+
+class RevokeKeyForm(FlaskForm):
+    """Revoke the API key of this name."""
+
+    name = HiddenField(validators=[InputRequired()])
