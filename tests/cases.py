@@ -58,5 +58,6 @@ BAD_LIST_QUERIES = [
     BadQuery("nul-in-model", [("model", "a\x00b")], "model", "invalid_value"),
     BadQuery("nul-in-after", [("after", "a\x00b")], "after", "invalid_value"),
     BadQuery("nul-in-filter", [("metadata[k]", "a\x00b")], "metadata.k", "invalid_value"),
+    BadQuery("filter-key-twice", [("metadata[team]", "red"), ("metadata[team]", "blue")], "metadata.team", "invalid_value"),
     BadQuery("filter-value-too-long", [("metadata[topic]", "x" * 513)], "metadata.topic", "string_above_max_length"),
 ]

@@ -255,14 +255,18 @@ class LiveServer:
         return f"{self.url}/v1"
 
 
-def start_gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4) -> LiveServer:
-    """Start gunicorn with ``wsgi:app`` on a free port and wait until /healthz answers."""
+def start_gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4, extra_args: list[str] | None = None) -> LiveServer:
+    """Start gunicorn with ``wsgi:app`` on a free port and wait until /healthz answers.
+
+    ``extra_args`` come after the defaults, so they win (gunicorn takes the last of a repeated flag).
+    """
     port = free_port()
     process = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn",
             "--worker-class", "gthread", "--threads", str(threads), "-w", str(workers),
             "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning", "--access-logfile", "/dev/null",
+            *(extra_args or []),
             "wsgi:app",
         ],
         cwd=ROOT,

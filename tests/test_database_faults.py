@@ -41,6 +41,7 @@ def test_database_cut_off_then_back(backend: str, database_url: str) -> None:
                 assert call().status_code == 200
 
             relay.stop()
+            slowest = 0.0
             for name, call in calls.items():
                 for _ in range(3):  # every pooled connection, in both workers, meets the cut
                     response, elapsed = timed(call)
@@ -48,12 +49,15 @@ def test_database_cut_off_then_back(backend: str, database_url: str) -> None:
                     error = response.json()["error"]
                     assert error["type"] == "server_error" and set(error) == {"message", "type", "param", "code"}
                     assert elapsed < 5, (name, elapsed)
+                    slowest = max(slowest, elapsed)
 
             relay.start()
-            deadline = time.monotonic() + 15
+            back = time.monotonic()
+            deadline = back + 15
             while calls["list"]().status_code != 200:
                 assert time.monotonic() < deadline, "the app did not recover once the database was back"
                 time.sleep(0.2)
+            print(f"\nfigures: 12 requests while cut off, all 503, slowest {slowest * 1000:.0f} ms; serving again {(time.monotonic() - back) * 1000:.0f} ms after the database came back")
             for name, call in calls.items():
                 for _ in range(4):
                     assert call().status_code == 200, name

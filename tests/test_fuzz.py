@@ -57,4 +57,5 @@ def test_fuzz_operation(live_server: LiveServer, path: str, method: str, mode: G
         check_response(method.upper(), case.formatted_path, response.status_code, response.json())
 
     run()
+    print(f"\nfigures: {method.upper()} {path} {mode.value}: {sum(seen.values())} cases, statuses {dict(sorted(seen.items()))}")
     assert sum(seen.values()) >= min(EXAMPLES, 20)

@@ -101,3 +101,10 @@ def test_metadata_filter_text(text: str, expected: tuple[str, str]) -> None:
 def test_metadata_filter_text_without_equals_sign() -> None:
     with pytest.raises(ValidationError, match="KEY=VALUE"):
         validation.parse_metadata_filter("team")
+
+
+def test_the_same_filter_twice_is_fine_but_two_values_for_one_key_are_refused() -> None:
+    assert validation.clean_metadata_filters(["team=red", "team=red"]) == {"team": "red"}
+    with pytest.raises(ValidationError) as info:
+        validation.clean_metadata_filters(["team=red", "team=blue"])
+    assert info.value.param == "metadata.team"

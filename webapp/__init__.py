@@ -5,13 +5,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import text
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config as settings
 from .extensions import configure_engine, csrf, db, migrate
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, marked ``Secure`` whenever the page came over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -35,6 +44,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     settings.finalize(app.config, app.instance_path)
+    app.session_interface = SessionInterface()
+    if app.config["TRUSTED_PROXIES"]:
+        # Behind a TLS-terminating proxy, trust its X-Forwarded-* so HTTPS is seen as HTTPS.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))

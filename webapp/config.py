@@ -57,6 +57,7 @@ def from_environment(instance_path: str) -> dict[str, Any]:
         "UPSTREAM_TIMEOUT": float(env.get("UPSTREAM_TIMEOUT", "600")),
         "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", str(16 * 1024 * 1024))),
         "DATABASE_TIMEOUT": float(env.get("DATABASE_TIMEOUT", "5")),
+        "TRUSTED_PROXIES": int(env.get("TRUSTED_PROXIES", "0")),
     }
     if env.get("SECRET_KEY"):
         settings["SECRET_KEY"] = env["SECRET_KEY"]

@@ -240,7 +240,7 @@ def clean_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
         if name == "model" and model is None:
             model = value
         elif name.startswith("metadata[") and name.endswith("]"):
-            filters.setdefault(name[len("metadata[") : -1], value)
+            add_metadata_filter(filters, name[len("metadata[") : -1], value)
     return ListQuery(
         model=reject_nul(model, "model") if model else None,
         metadata=clean_metadata(filters),
@@ -248,6 +248,17 @@ def clean_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
         limit=page.limit,
         order=page.order,
     )
+
+
+def add_metadata_filter(filters: dict[str, str], key: str, value: str) -> None:
+    """Add ``key=value`` to ``filters``; one key asked for two different values is refused, not silently narrowed."""
+    if filters.get(key, value) != value:
+        raise ValidationError(
+            f"Invalid 'metadata.{key}': filtered on two different values; a completion has one value per key.",
+            f"metadata.{key}",
+            "invalid_value",
+        )
+    filters[key] = value
 
 
 def parse_metadata_filter(text: str) -> tuple[str, str]:
@@ -265,8 +276,7 @@ def clean_metadata_filters(texts: Iterable[str]) -> dict[str, str]:
     """Return the filter map of several ``KEY=VALUE`` texts, by the same rules as the API's filter."""
     filters: dict[str, str] = {}
     for text in texts:
-        key, value = parse_metadata_filter(text)
-        filters[key] = value
+        add_metadata_filter(filters, *parse_metadata_filter(text))
     return clean_metadata(filters)
 
 

@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-from . import auth, views  # noqa: E402,F401  (routes register themselves on bp)
+from . import auth, create, views  # noqa: E402,F401  (routes register themselves on bp)

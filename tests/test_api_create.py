@@ -1,0 +1,373 @@
+"""``POST /v1/chat/completions`` through the upstream: the official openai SDK against a
+live gunicorn server whose upstream is a real HTTP server scripted per test, on every backend."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.models import Completion
+from webapp.upstream import split_events
+
+from .conftest import LiveServer, make_key, start_gunicorn, stop_server
+from .openapi import check_response
+from .sdk import sdk_client
+from .upstream_double import MODEL, Choice, Failure, Hang, Scripted, ToolCall, UpstreamDouble, completion_json
+
+UPSTREAM_KEY = "sk-upstream-test-secret"
+UPSTREAM_TIMEOUT = 1.0
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello."},
+]
+TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+    for name in ("get_weather", "get_time")
+]
+
+
+# --- Fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream_double() -> Iterator[UpstreamDouble]:
+    double = UpstreamDouble().start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture(scope="module")
+def store_server(database_url: str, upstream_double: UpstreamDouble) -> Iterator[LiveServer]:
+    """The store (gunicorn) in front of the double, with a short upstream timeout."""
+    server = start_gunicorn({
+        "DATABASE_URL": database_url,
+        "UPSTREAM_BASE_URL": upstream_double.url,
+        "UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT),
+    })
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def unreachable_server(database_url: str) -> Iterator[LiveServer]:
+    """The store in front of an upstream address that refuses connections."""
+    with socket.socket() as bound_not_listening:
+        # Holding the port keeps anything else from taking it; not listening refuses connections.
+        bound_not_listening.bind(("127.0.0.1", 0))
+        port = bound_not_listening.getsockname()[1]
+        server = start_gunicorn(
+            {"DATABASE_URL": database_url, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{port}/v1"}, workers=1, threads=2
+        )
+        yield server
+        stop_server(server)
+
+
+@pytest.fixture
+def upstream(app: Any, upstream_double: UpstreamDouble) -> UpstreamDouble:
+    """The double, answering a short text, having received nothing yet; a clean database."""
+    upstream_double.reset()
+    return upstream_double
+
+
+@pytest.fixture
+def sdk(store_server: LiveServer, api_key: str) -> openai.OpenAI:
+    return sdk_client(store_server.v1, api_key)
+
+
+def stored_ids() -> list[str]:
+    """Every completion id the database holds, deleted ones included."""
+    db.session.rollback()
+    return list(db.session.scalars(select(Completion.id).order_by(Completion.seq)))
+
+
+def create(sdk: openai.OpenAI, **params: Any) -> Any:
+    return sdk.chat.completions.create(model=MODEL, messages=MESSAGES, **params)
+
+
+def without(obj: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+# --- Non-streaming ------------------------------------------------------------------------
+
+
+def test_store_true_keeps_the_answer_with_its_request(sdk: openai.OpenAI, upstream: UpstreamDouble) -> None:
+    completion = create(
+        sdk, store=True, metadata={"team": "red"}, temperature=0.5, seed=7, user="u-1",
+        extra_body={"brand_new_param": {"x": [1, 2]}},
+    )
+    # The upstream's answer as it was, metadata added.
+    assert completion.to_dict() == {**completion_json(Scripted(), "chatcmpl-double-1"), "metadata": {"team": "red"}}
+    assert completion._request_id == "req_double_1"
+
+    retrieved = sdk.chat.completions.retrieve(completion.id).to_dict()
+    answered = completion.to_dict()
+    assert {key: retrieved[key] for key in answered} == answered
+    assert retrieved["request_id"] == "req_double_1"
+    assert (retrieved["seed"], retrieved["temperature"], retrieved["input_user"], retrieved["tools"]) == (7, 0.5, "u-1", None)
+
+    sent = upstream.received[0]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent.body == {
+        "model": MODEL, "messages": MESSAGES, "temperature": 0.5, "seed": 7, "user": "u-1",
+        "brand_new_param": {"x": [1, 2]},
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("store", [False, openai.NOT_GIVEN], ids=["store-false", "store-absent"])
+def test_without_store_nothing_is_kept(sdk: openai.OpenAI, upstream: UpstreamDouble, store: Any, stream: bool) -> None:
+    if stream:
+        chunks = list(create(sdk, store=store, metadata={"team": "red"}, stream=True))
+        completion_id, text = chunks[0].id, "".join(c.choices[0].delta.content or "" for c in chunks)
+    else:
+        completion = create(sdk, store=store, metadata={"team": "red"})
+        assert completion.metadata == {"team": "red"}
+        completion_id, text = completion.id, completion.choices[0].message.content
+    assert text == "Hello, world!"
+    assert "store" not in upstream.received[0].body and "metadata" not in upstream.received[0].body
+    assert stored_ids() == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.retrieve(completion_id)
+
+
+def test_messages_of_a_created_completion(sdk: openai.OpenAI, upstream: UpstreamDouble) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}]},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Again?"},
+    ]
+    completion = sdk.chat.completions.create(model=MODEL, messages=messages, store=True)
+    page = sdk.chat.completions.messages.list(completion.id)
+    assert [m.id for m in page.data] == [f"{completion.id}-{i}" for i in range(4)]
+    assert [(m.role, m.content) for m in page.data] == [
+        ("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello."), ("user", "Again?"),
+    ]
+    assert page.data[1].content_parts[1].text == " there"
+
+
+# --- Streaming ----------------------------------------------------------------------------
+
+TWO_TOOL_CALLS = Choice(
+    tool_calls=(
+        ToolCall("call_weather", "get_weather", ('{"ci', 'ty": "Pa', 'ris"}')),
+        ToolCall("call_time", "get_time", ('{"tz"', ': "CET"}')),
+    ),
+    finish_reason="tool_calls",
+)
+STREAM_CASES = [
+    pytest.param(Scripted(), {}, {}, id="text"),
+    pytest.param(Scripted(choices=(TWO_TOOL_CALLS,)), {"tools": TOOLS}, {}, id="tool-calls-across-chunks"),
+    pytest.param(
+        Scripted(choices=(Choice(content=("Heads", "!")), Choice(content=("Tai", "ls", "!"), finish_reason="length"))),
+        {"n": 2}, {}, id="n-2",
+    ),
+    pytest.param(Scripted(), {}, {"stream_options": {"include_usage": True}}, id="include-usage"),
+    pytest.param(
+        Scripted(choices=(Choice(content=("A", "B"), logprobs=True), Choice(refusal=("I can't ", "help."), logprobs=True))),
+        {"n": 2, "logprobs": True}, {"stream_options": {"include_usage": True}}, id="refusal-logprobs-usage",
+    ),
+]
+
+
+@pytest.mark.parametrize("script, params, stream_params", STREAM_CASES)
+def test_a_stream_stores_what_a_plain_create_stores(
+    sdk: openai.OpenAI, upstream: UpstreamDouble, script: Scripted, params: dict, stream_params: dict
+) -> None:
+    upstream.reset(script)
+    plain = create(sdk, store=True, metadata={"k": "v"}, **params)
+    chunks = list(create(sdk, store=True, metadata={"k": "v"}, stream=True, **params, **stream_params))
+    streamed_id = chunks[0].id
+    # The stream is over ([DONE] read): the completion is there already.
+    from_stream = sdk.chat.completions.retrieve(streamed_id).to_dict()
+    from_plain = sdk.chat.completions.retrieve(plain.id).to_dict()
+
+    usage_sent = bool(stream_params.get("stream_options"))
+    ignored = {"id", "request_id"} | (set() if usage_sent else {"usage"})
+    assert without(from_stream, ignored) == without(from_plain, ignored)
+    assert from_stream["request_id"] == "req_double_2" and from_stream["metadata"] == {"k": "v"}
+    assert ("usage" in from_stream) is usage_sent
+    texts = {c.index: "" for c in plain.choices}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {c.index: c.message.content or "" for c in plain.choices}
+    assert [m.id for m in sdk.chat.completions.messages.list(streamed_id).data] == [f"{streamed_id}-0", f"{streamed_id}-1"]
+    assert "store" not in upstream.received[1].body and "metadata" not in upstream.received[1].body
+    assert upstream.received[1].body["stream"] is True
+
+
+def test_every_event_passes_through_unchanged(store_server: LiveServer, api_key: str, upstream: UpstreamDouble) -> None:
+    upstream.reset(Scripted(choices=(Choice(content=tuple("abcdefgh")),)))
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "store": True}
+    with httpx.stream("POST", f"{store_server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        assert response.headers["x-request-id"] == "req_double_1"
+        received = response.read()
+    assert received == b"".join(upstream.received[0].sent)
+    assert received.endswith(b"data: [DONE]\n\n")
+    assert stored_ids() == ["chatcmpl-double-1"]
+
+
+def test_the_first_chunk_arrives_before_the_upstream_has_finished(sdk: openai.OpenAI, upstream: UpstreamDouble) -> None:
+    # Seven events, a quarter of a second apart: the upstream needs about 1.75 s.
+    upstream.reset(Scripted(choices=(Choice(content=("one", " two", " three", " four")),), delay=0.25))
+    started = time.monotonic()
+    stream = create(sdk, stream=True)
+    first = next(iter(stream))
+    first_at = time.monotonic()
+    rest = list(stream)
+    finished_at = upstream.wait_until_ended().ended_at
+    assert first.choices[0].delta.role == "assistant" and len(rest) == 5
+    assert first_at - started < 0.9
+    assert finished_at is not None and finished_at - first_at > 0.75
+
+
+def test_a_client_that_goes_away_ends_the_upstream_request(store_server: LiveServer, api_key: str, upstream: UpstreamDouble) -> None:
+    upstream.reset(Scripted(choices=(Choice(content=tuple("x" * 40)),), delay=0.05))
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "store": True}
+    with httpx.stream("POST", f"{store_server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"}) as response:
+        assert next(response.iter_raw()).startswith(b"data: ")
+    received = upstream.wait_until_ended()
+    assert received.outcome == "client-gone"
+    assert len(received.sent) < 20
+    assert stored_ids() == []
+
+
+# --- Failures -----------------------------------------------------------------------------
+
+UPSTREAM_ERRORS = [
+    pytest.param(
+        Failure(500, {"error": {"message": "The server had an error.", "type": "server_error", "param": None, "code": None}}),
+        500, {"message": "The server had an error.", "type": "server_error", "param": None, "code": None}, {},
+        id="500",
+    ),
+    pytest.param(
+        Failure(
+            429,
+            {"error": {"message": "Rate limit reached.", "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
+            headers=(("retry-after", "7"), ("x-ratelimit-remaining-requests", "0")),
+        ),
+        429, {"message": "Rate limit reached.", "type": "requests", "param": None, "code": "rate_limit_exceeded"},
+        {"retry-after": "7", "x-ratelimit-remaining-requests": "0"},
+        id="429",
+    ),
+    pytest.param(
+        Failure(400, {"error": {"message": "Unknown model.", "type": "invalid_request_error", "param": "model", "code": 404}}),
+        400, {"message": "Unknown model.", "type": "invalid_request_error", "param": "model", "code": "404"}, {},
+        id="400-numeric-code",
+    ),
+    pytest.param(
+        Failure(503, b"upstream connect error"),
+        503,
+        {"message": "The upstream model server answered 503 Service Unavailable: upstream connect error", "type": "server_error", "param": None, "code": None},
+        {},
+        id="not-an-envelope",
+    ),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("failure, status, error, headers", UPSTREAM_ERRORS)
+def test_upstream_errors_come_back_with_their_status(
+    sdk: openai.OpenAI, upstream: UpstreamDouble, failure: Failure, status: int, error: dict, headers: dict, stream: bool
+) -> None:
+    upstream.reset(failure)
+    with pytest.raises(openai.APIStatusError) as caught:
+        create(sdk, store=True, stream=stream)
+    assert caught.value.status_code == status
+    assert caught.value.body == error
+    assert {name: caught.value.response.headers.get(name) for name in headers} == headers
+    assert stored_ids() == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_unreachable_upstream_is_a_502(unreachable_server: LiveServer, api_key: str, stream: bool) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        create(sdk_client(unreachable_server.v1, api_key), store=True, stream=stream)
+    assert caught.value.status_code == 502
+    assert caught.value.type == "server_error"
+    assert stored_ids() == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_silent_upstream_is_a_504(sdk: openai.OpenAI, upstream: UpstreamDouble, stream: bool) -> None:
+    upstream.reset(Hang(UPSTREAM_TIMEOUT + 0.5))
+    with pytest.raises(openai.APIStatusError) as caught:
+        create(sdk, store=True, stream=stream)
+    assert caught.value.status_code == 504
+    assert caught.value.type == "server_error"
+    assert stored_ids() == []
+
+
+CUT_SHORT = [
+    pytest.param(Scripted(reset_after=2), "could not be reached", id="reset"),
+    pytest.param(Scripted(stall_after=2, stall=UPSTREAM_TIMEOUT + 0.5), "did not answer in time", id="silent"),
+    pytest.param(Scripted(error_after=2), "The model overloaded.", id="upstream-error-event"),
+]
+
+
+@pytest.mark.parametrize("script, message", CUT_SHORT)
+def test_a_stream_cut_short_ends_with_an_error_and_stores_nothing(
+    sdk: openai.OpenAI, upstream: UpstreamDouble, script: Scripted, message: str
+) -> None:
+    upstream.reset(script)
+    chunks = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in create(sdk, store=True, stream=True):
+            chunks.append(chunk)
+    assert len(chunks) == 2
+    assert message in caught.value.message
+    assert stored_ids() == []
+
+
+# --- Refused before the upstream ------------------------------------------------------------
+
+BAD_CREATES = [
+    pytest.param({"messages": MESSAGES}, "model", "missing_required_parameter", id="no-model"),
+    pytest.param({"model": MODEL}, "messages", "missing_required_parameter", id="no-messages"),
+    pytest.param({"model": MODEL, "messages": MESSAGES, "metadata": {"k": 1}}, "metadata.k", "invalid_type", id="bad-metadata"),
+    pytest.param({"model": MODEL, "messages": MESSAGES, "store": "yes"}, "store", "invalid_type", id="store-not-boolean"),
+]
+
+
+@pytest.mark.parametrize("body, param, code", BAD_CREATES)
+def test_a_bad_create_never_reaches_the_upstream(
+    store_server: LiveServer, api_key: str, upstream: UpstreamDouble, body: dict, param: str, code: str
+) -> None:
+    response = httpx.post(f"{store_server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"})
+    check_response("POST", "/v1/chat/completions", response.status_code, response.json())
+    assert response.status_code == 400
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == (param, code)
+    assert upstream.received == []
+
+
+def test_a_read_only_key_cannot_create(store_server: LiveServer, upstream: UpstreamDouble) -> None:
+    reader = sdk_client(store_server.v1, make_key(name="reader", read_only=True))
+    with pytest.raises(openai.PermissionDeniedError):
+        create(reader, store=True)
+    assert upstream.received == []
+
+
+# --- Server-sent events, however they arrive --------------------------------------------------
+
+EVENTS = [b'data: {"a":1}\n\n', b": keep-alive\n\n", b'data: {"b":2}\r\n\r\n', b"data: x\rdata: y\r\r", b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 1000])
+def test_events_are_found_however_the_bytes_are_cut(size: int) -> None:
+    stream = b"".join(EVENTS) + b"data: unfinished"
+    assert list(split_events([stream[i : i + size] for i in range(0, len(stream), size)])) == EVENTS
