@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -89,3 +89,23 @@ def test_no_secret_reaches_the_logs(app: Flask, database_url: str, tmp_path: Pat
     assert "GET /v1/chat/completions" in written  # the log is really there
     for secret_text in (secret, "cs-wrong-secret-attempt", "hunter2-password", "wrong-hunter3", "sk-upstream-secret", TEST_SECRET_KEY):
         assert secret_text not in written, secret_text
+
+
+def test_a_key_revoked_elsewhere_stops_working_within_the_cache_time(live_server, app: Flask) -> None:  # type: ignore[no-untyped-def]
+    """Servers remember a good key for API_KEY_CACHE_SECONDS (2 s); a revocation from another process lands within that."""
+    from webapp import store
+    from webapp.extensions import write_transaction
+
+    secret = make_key(name="soon-revoked")
+    auth = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=live_server.v1, headers=auth, timeout=10) as http:
+        for _ in range(4):  # both workers have seen it
+            assert http.get("/chat/completions").status_code == 200
+        with write_transaction() as session:
+            store.revoke_api_key(session, name="soon-revoked")
+        revoked_at = time.monotonic()
+        while http.get("/chat/completions").status_code == 200:
+            assert time.monotonic() - revoked_at < 3, "the revoked key still worked after 3 s"
+            time.sleep(0.05)
+        for _ in range(4):
+            assert http.get("/chat/completions").status_code == 401

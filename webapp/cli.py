@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import store, validation
+from .api.auth import forget_api_keys
 from .extensions import db, write_transaction
 
 IMPORT_BATCH = 200
@@ -62,13 +63,14 @@ def list_keys() -> None:
 @keys_cli.command("revoke")
 @click.argument("name")
 def revoke_key(name: str) -> None:
-    """Revoke an API key: requests using it get 401 from now on."""
+    """Revoke an API key: running servers refuse it within API_KEY_CACHE_SECONDS (2 s by default)."""
     try:
         with write_transaction() as session:
             store.revoke_api_key(session, name=name)
     except LookupError as exc:
         raise click.ClickException(str(exc.args[0])) from None
-    click.echo(f"Revoked API key '{name}'.")
+    forget_api_keys()
+    click.echo(f"Revoked API key '{name}'. Servers refuse it within {current_app.config['API_KEY_CACHE_SECONDS']:g} s.")
 
 
 @users_cli.command("create")

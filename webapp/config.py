@@ -58,6 +58,7 @@ def from_environment(instance_path: str) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", str(16 * 1024 * 1024))),
         "DATABASE_TIMEOUT": float(env.get("DATABASE_TIMEOUT", "5")),
         "TRUSTED_PROXIES": int(env.get("TRUSTED_PROXIES", "0")),
+        "API_KEY_CACHE_SECONDS": float(env.get("API_KEY_CACHE_SECONDS", "2")),
     }
     if env.get("SECRET_KEY"):
         settings["SECRET_KEY"] = env["SECRET_KEY"]

@@ -450,8 +450,8 @@ def authenticate_api_key(session: Session, *, secret: str) -> ApiKey | None:
     return key
 
 
-def key_needs_touch(key: ApiKey, now: datetime | None = None) -> bool:
-    """Return whether ``key.last_used_at`` is stale enough to be worth a write."""
+def key_needs_touch(key: Any, now: datetime | None = None) -> bool:
+    """Return whether ``key.last_used_at`` (of an ApiKey or anything with that field) is stale enough to be worth a write."""
     now = now or utcnow()
     last = key.last_used_at
     if last is not None and last.tzinfo is None:

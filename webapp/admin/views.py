@@ -17,6 +17,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import store, validation
+from ..api.auth import forget_api_keys
 from ..cli import export_lines
 from ..extensions import db, write_transaction
 from ..models import Completion, utcnow
@@ -393,5 +394,6 @@ def revoke_api_key() -> BaseResponse:
     except (LookupError, ValidationError):
         flash(f"No live API key named '{name}'.", "error")
     else:
+        forget_api_keys()
         flash(f"Revoked API key '{name}': requests using it now get 401.", "success")
     return see_other("admin.api_keys")
