@@ -24,6 +24,7 @@ from .upstream_double import MODEL, Choice, Failure, Hang, Scripted, ToolCall, U
 
 UPSTREAM_KEY = "sk-upstream-test-secret"
 UPSTREAM_TIMEOUT = 1.0
+UPSTREAM_MAX_BYTES = 1_000_000
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say hello."},
@@ -52,6 +53,7 @@ def store_server(database_url: str, upstream_double: UpstreamDouble) -> Iterator
         "UPSTREAM_BASE_URL": upstream_double.url,
         "UPSTREAM_API_KEY": UPSTREAM_KEY,
         "UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT),
+        "UPSTREAM_MAX_BYTES": str(UPSTREAM_MAX_BYTES),
     })
     yield server
     stop_server(server)
@@ -371,3 +373,44 @@ EVENTS = [b'data: {"a":1}\n\n', b": keep-alive\n\n", b'data: {"b":2}\r\n\r\n', b
 def test_events_are_found_however_the_bytes_are_cut(size: int) -> None:
     stream = b"".join(EVENTS) + b"data: unfinished"
     assert list(split_events([stream[i : i + size] for i in range(0, len(stream), size)])) == EVENTS
+
+
+# --- Upstream faults ----------------------------------------------------------------------
+
+NONSENSE = [
+    pytest.param(Failure(200, b'{"id": "chatcmpl-x", "choices": ['), id="garbage-json"),
+    pytest.param(Failure(200, b"<html><body>Welcome to nginx!</body></html>"), id="html-page"),
+    pytest.param(Failure(200, {"id": 7, "created": "yesterday"}), id="json-but-no-completion"),
+    pytest.param(Scripted(choices=(Choice(content=("x" * 600_000, "y" * 600_000)),)), id="huge-answer"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("reply", NONSENSE)
+def test_an_upstream_answering_nonsense_is_a_502_and_nothing_is_stored(
+    sdk: openai.OpenAI, store_server: LiveServer, upstream: UpstreamDouble, reply: Any, stream: bool
+) -> None:
+    upstream.reset(reply)
+    with pytest.raises(openai.APIError) as caught:
+        result = create(sdk, store=True, stream=stream)
+        if stream:
+            list(result)
+    if isinstance(caught.value, openai.APIStatusError):
+        assert caught.value.status_code == 502
+    assert caught.value.body["type"] == "server_error"
+    assert stored_ids() == []
+    # No worker is left stuck: the next request is served at once.
+    upstream.reset()
+    started = time.monotonic()
+    assert create(sdk, store=True).choices[0].message.content == "Hello, world!"
+    assert time.monotonic() - started < 1
+
+
+def test_an_answer_that_arrives_after_the_client_left_is_stored_once(store_server: LiveServer, api_key: str, upstream: UpstreamDouble) -> None:
+    upstream.reset(Hang(0.6))
+    impatient = openai.OpenAI(base_url=store_server.v1, api_key=api_key, max_retries=0, timeout=0.2)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model=MODEL, messages=MESSAGES, store=True)
+    upstream.wait_until_ended()
+    time.sleep(0.3)  # the store's worker finishes its write
+    assert stored_ids() == ["chatcmpl-double-1"]

@@ -71,6 +71,7 @@ def test_null_and_empty_metadata_clear(body: dict) -> None:
         ({"messages": [{"role": "user", "content": "hi"}]}, "model", "missing_required_parameter"),
         ({"model": "m"}, "messages", "missing_required_parameter"),
         ({"model": 3, "messages": [{"role": "user"}]}, "model", "invalid_type"),
+        ({"model": "", "messages": [{"role": "user"}]}, "model", "invalid_value"),
         ({"model": "m", "messages": []}, "messages", "empty_array"),
         ({"model": "m", "messages": ["hi"]}, "messages[0]", "invalid_type"),
         ({"model": "m", "messages": [{"role": "user"}], "store": "yes"}, "store", "invalid_type"),

@@ -55,6 +55,7 @@ def from_environment(instance_path: str) -> dict[str, Any]:
         "UPSTREAM_BASE_URL": env.get("UPSTREAM_BASE_URL", DEFAULT_UPSTREAM_BASE_URL),
         "UPSTREAM_API_KEY": env.get("UPSTREAM_API_KEY"),
         "UPSTREAM_TIMEOUT": float(env.get("UPSTREAM_TIMEOUT", "600")),
+        "UPSTREAM_MAX_BYTES": int(env.get("UPSTREAM_MAX_BYTES", str(64 * 1024 * 1024))),
         "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", str(16 * 1024 * 1024))),
         "DATABASE_TIMEOUT": float(env.get("DATABASE_TIMEOUT", "5")),
         "TRUSTED_PROXIES": int(env.get("TRUSTED_PROXIES", "0")),

@@ -60,8 +60,10 @@ DataKind = Literal["chunk", "error", "invalid"]
 class Upstream:
     """The upstream model server at ``base_url``, reached through one pooled client."""
 
-    def __init__(self, *, base_url: str, api_key: str | None, timeout: float) -> None:
+    def __init__(self, *, base_url: str, api_key: str | None, timeout: float, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.base_url = base_url.rstrip("/")
+        # An answer is held in memory to be stored: a runaway upstream must not take the worker down.
+        self.max_bytes = max_bytes
         # The same timeout for connecting, each read and each write: a stream is cut only
         # when the upstream stays silent that long, as with the OpenAI SDK's own timeout.
         self.client = httpx.Client(timeout=httpx.Timeout(timeout))
@@ -84,12 +86,16 @@ class Upstream:
         """
         request = self._request(body, accept="application/json")
         with _transport_errors(self.base_url):
-            response = self.client.send(request)
+            response = self.client.send(request, stream=True)
+            try:
+                content = read_capped(response, self.max_bytes)
+            finally:
+                response.close()
         if not response.is_success:
-            raise error_from_answer(response)
+            raise error_from_answer(response, content)
         return Answer(
-            completion=require_completion(_json_or_none(response.content)),
-            raw=response.content,
+            completion=require_completion(_json_or_none(content)),
+            raw=content,
             request_id=response.headers.get(REQUEST_ID_HEADER),
             headers=passed_headers(response.headers),
         )
@@ -105,11 +111,11 @@ class Upstream:
         if not response.is_success:
             try:
                 with _transport_errors(self.base_url):
-                    response.read()
+                    content = read_capped(response, self.max_bytes)
             finally:
                 response.close()
-            raise error_from_answer(response)
-        return EventStream(response, base_url=self.base_url)
+            raise error_from_answer(response, content)
+        return EventStream(response, base_url=self.base_url, max_bytes=self.max_bytes)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -124,9 +130,10 @@ class EventStream:
     """An open streaming answer from the upstream: iterate it for its events as they
     arrive; :meth:`close` ends the upstream request (also when it is not finished)."""
 
-    def __init__(self, response: httpx.Response, *, base_url: str) -> None:
+    def __init__(self, response: httpx.Response, *, base_url: str, max_bytes: int) -> None:
         self.response = response
         self.base_url = base_url
+        self.max_bytes = max_bytes
         self.request_id: str | None = response.headers.get(REQUEST_ID_HEADER)
         self.headers = passed_headers(response.headers)
 
@@ -136,7 +143,7 @@ class EventStream:
         Raises APIError (502, 504) when the connection fails or times out mid-stream.
         """
         with _transport_errors(self.base_url):
-            yield from split_events(self.response.iter_bytes())
+            yield from split_events(_capped(self.response.iter_bytes(), self.max_bytes))
 
     def close(self) -> None:
         """Close the upstream response, and with it the upstream request if still running."""
@@ -154,6 +161,7 @@ def upstream_for(app: Flask) -> Upstream:
                     base_url=app.config["UPSTREAM_BASE_URL"],
                     api_key=app.config.get("UPSTREAM_API_KEY"),
                     timeout=float(app.config["UPSTREAM_TIMEOUT"]),
+                    max_bytes=int(app.config["UPSTREAM_MAX_BYTES"]),
                 )
                 app.extensions[EXTENSION_KEY] = upstream
     return upstream
@@ -179,6 +187,26 @@ def _transport_errors(base_url: str) -> Iterator[None]:
 # --- Answers ----------------------------------------------------------------------------
 
 
+def _capped(pieces: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+    """Yield ``pieces`` until they add up to more than ``max_bytes``; then raise APIError 502."""
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > max_bytes:
+            raise APIError(
+                502,
+                f"The upstream model server's answer is larger than UPSTREAM_MAX_BYTES ({max_bytes} bytes). "
+                "Nothing was stored; raise the limit if such answers are expected.",
+                type="server_error",
+            )
+        yield piece
+
+
+def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """Return the body of an open streamed ``response``, refusing (APIError 502) one over ``max_bytes``."""
+    return b"".join(_capped(response.iter_bytes(), max_bytes))
+
+
 def passed_headers(headers: httpx.Headers) -> dict[str, str]:
     """Return the upstream answer headers to pass on to the client (retry and rate-limit hints)."""
     return {
@@ -188,7 +216,7 @@ def passed_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
-def error_from_answer(response: httpx.Response) -> APIError:
+def error_from_answer(response: httpx.Response, content: bytes) -> APIError:
     """Return the APIError that relays an upstream error answer: the upstream's status (502
     for a non-error status that is no success either) and its error in the envelope, or its
     body wrapped in one when it did not answer in OpenAI's shape.
@@ -196,7 +224,7 @@ def error_from_answer(response: httpx.Response) -> APIError:
     status = response.status_code if response.status_code >= 400 else 502
     default_type = "server_error" if status >= 500 else "invalid_request_error"
     headers = passed_headers(response.headers)
-    body = _json_or_none(response.content)
+    body = _json_or_none(content)
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, str) and error:
         error = {"message": error}
@@ -209,7 +237,7 @@ def error_from_answer(response: httpx.Response) -> APIError:
             code=_optional_str(error.get("code")),
             headers=headers,
         )
-    text = response.text.strip()
+    text = content.decode("utf-8", "replace").strip()
     message = f"The upstream model server answered {response.status_code} {response.reason_phrase}".rstrip()
     message += f": {text[:1000]}" if text else "."
     return APIError(status, message, type=default_type, headers=headers)

@@ -291,12 +291,14 @@ def clean_create_request(body: Any) -> CreateRequest:
     for name in ("model", "messages"):
         if name not in body:
             raise ValidationError(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
-    if not isinstance(body["model"], str) or not body["model"]:
+    if not isinstance(body["model"], str):
         raise ValidationError(
             f"Invalid type for 'model': expected a string, but got {_type_name(body['model'])} instead.",
             "model",
             "invalid_type",
         )
+    if not body["model"]:
+        raise ValidationError("Invalid 'model': expected a model name, but got an empty string.", "model", "invalid_value")
     messages = body["messages"]
     if not isinstance(messages, list):
         raise ValidationError(
