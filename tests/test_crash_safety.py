@@ -51,6 +51,7 @@ def test_import_killed_halfway_then_rerun(app, database_url: str, tmp_path: Path
     first.wait()
     partial = stored()
     assert 0 < partial < LINES
+    print(f"\nfigures: import of {LINES} lines killed with SIGKILL after {partial} were committed")
 
     second = import_process(database_url, path)
     out, err = second.communicate(timeout=300)
