@@ -39,8 +39,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
     )
+    app.config.from_mapping(settings.defaults(app.instance_path))
     app.config.from_pyfile("config.py", silent=True)
-    app.config.from_mapping(settings.from_environment(app.instance_path))
+    app.config.from_mapping(settings.from_environment())
     if test_config is not None:
         app.config.from_mapping(test_config)
     settings.finalize(app.config, app.instance_path)

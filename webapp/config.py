@@ -1,7 +1,8 @@
 """Settings from the environment, with defaults.
 
-Every name here may also be set in ``instance/config.py``; the environment wins over
-the built-in default, and ``test_config`` passed to ``create_app`` wins over both.
+Every name here may also be set in ``instance/config.py``. The order, each overriding the one
+before: the defaults, ``instance/config.py``, the environment, and ``test_config`` passed to
+``create_app``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_UPSTREAM_BASE_URL = "https://api.openai.com/v1"
@@ -47,23 +49,46 @@ def _secret_key(instance_path: str) -> str:
     return key
 
 
-def from_environment(instance_path: str) -> dict[str, Any]:
-    """Return the settings read from the environment, each with its default."""
-    env = os.environ
-    settings: dict[str, Any] = {
-        "DATABASE_URL": env.get("DATABASE_URL") or f"sqlite:///{Path(instance_path) / 'completions.db'}",
-        "UPSTREAM_BASE_URL": env.get("UPSTREAM_BASE_URL", DEFAULT_UPSTREAM_BASE_URL),
-        "UPSTREAM_API_KEY": env.get("UPSTREAM_API_KEY"),
-        "UPSTREAM_TIMEOUT": float(env.get("UPSTREAM_TIMEOUT", "600")),
-        "UPSTREAM_MAX_BYTES": int(env.get("UPSTREAM_MAX_BYTES", str(64 * 1024 * 1024))),
-        "MAX_CONTENT_LENGTH": int(env.get("MAX_CONTENT_LENGTH", str(16 * 1024 * 1024))),
-        "DATABASE_TIMEOUT": float(env.get("DATABASE_TIMEOUT", "5")),
-        "TRUSTED_PROXIES": int(env.get("TRUSTED_PROXIES", "0")),
-        "API_KEY_CACHE_SECONDS": float(env.get("API_KEY_CACHE_SECONDS", "2")),
-    }
-    if env.get("SECRET_KEY"):
-        settings["SECRET_KEY"] = env["SECRET_KEY"]
-    return settings
+# Every setting: how to read it from an environment variable, and its default (None: none,
+# or derived in ``defaults``/``finalize``).
+SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "DATABASE_URL": (str, None),
+    "SECRET_KEY": (str, None),
+    "UPSTREAM_BASE_URL": (str, DEFAULT_UPSTREAM_BASE_URL),
+    "UPSTREAM_API_KEY": (str, None),
+    "UPSTREAM_TIMEOUT": (float, 600.0),
+    "UPSTREAM_MAX_BYTES": (int, 64 * 1024 * 1024),
+    "MAX_CONTENT_LENGTH": (int, 16 * 1024 * 1024),
+    "DATABASE_TIMEOUT": (float, 5.0),
+    "TRUSTED_PROXIES": (int, 0),
+    "API_KEY_CACHE_SECONDS": (float, 2.0),
+}
+
+
+def defaults(instance_path: str) -> dict[str, Any]:
+    """Return every setting's default; ``instance/config.py`` and the environment override them."""
+    values = {name: default for name, (_parse, default) in SETTINGS.items() if name != "SECRET_KEY"}
+    values["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'completions.db'}"
+    return values
+
+
+def from_environment() -> dict[str, Any]:
+    """Return the settings set (non-empty) in the environment, parsed.
+
+    Raises ValueError naming the variable when one cannot be read, so start-up fails with a
+    message that says what to fix.
+    """
+    values: dict[str, Any] = {}
+    for name, (parse, _default) in SETTINGS.items():
+        raw = os.environ.get(name)
+        if not raw:
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(parse, "a string")  # type: ignore[call-overload]
+            raise ValueError(f"The environment variable {name}={raw!r} is not {kind}: fix or unset it.") from None
+    return values
 
 
 def finalize(config: dict[str, Any], instance_path: str) -> None:
