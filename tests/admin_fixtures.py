@@ -1,7 +1,7 @@
 """Fixtures and helpers for the admin UI tests: a user, a signed-in client that posts forms
 with the CSRF token its pages carry, and small readers of what a page shows.
 
-Test modules import the fixtures they use from here (``from .admin_fixtures import admin``).
+conftest.py makes its fixtures (``user``, ``admin``) available to every test module.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ from webapp.extensions import db, write_transaction
 
 from .openapi import check_response
 
+# The admin UI's fixtures, for every test module that asks for them by name.
+from .admin_fixtures import admin, user  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SECRET_KEY = "test-secret-key-not-for-production"
 BACKENDS = ["sqlite", "postgresql"]
@@ -60,18 +63,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         require("REQUIRE_POSTGRES", "TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
     from webapp.config import normalize_database_url
 
-    admin = sa.create_engine(normalize_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    maintenance = sa.create_engine(normalize_database_url(admin_url), isolation_level="AUTOCOMMIT")
     name = f"cs_test_{os.getpid()}_{secrets.token_hex(3)}"
-    with admin.connect() as conn:
+    with maintenance.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.engine.make_url(normalize_database_url(admin_url)).set(database=name).render_as_string(hide_password=False)
     try:
         _migrate(url)
         yield url
     finally:
-        with admin.connect() as conn:
+        with maintenance.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        maintenance.dispose()
 
 
 def _migrate(url: str) -> None:

@@ -11,7 +11,7 @@ from webapp.extensions import db
 from webapp.models import MetadataChange
 from webapp.validation import MAX_METADATA_PAIRS
 
-from .admin_fixtures import Admin, admin, detail_url, element, metadata_form, metadata_of, text, user  # noqa: F401
+from .admin_fixtures import Admin, detail_url, element, metadata_form, metadata_of, text
 from .cases import BAD_METADATA, BadMetadata
 from .conftest import completion_body, seed
 

@@ -11,7 +11,7 @@ from webapp import store
 from webapp.extensions import db
 from webapp.models import ApiKey
 
-from .admin_fixtures import Admin, admin, element, text, user  # noqa: F401
+from .admin_fixtures import Admin, element, text
 from .conftest import completion_body, make_key, seed
 
 

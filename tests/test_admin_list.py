@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from webapp import store
 from webapp.admin.views import PAGE_SIZE
 from webapp.extensions import db
 from webapp.models import MetadataChange
 
-from .admin_fixtures import Admin, admin, element, metadata_of, text, user  # noqa: F401
+from .admin_fixtures import Admin, element, metadata_of, text
 from .conftest import completion_body, seed
 
 

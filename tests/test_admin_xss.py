@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 from flask.testing import FlaskClient
 
-from .admin_fixtures import Admin, admin, user  # noqa: F401
+from .admin_fixtures import Admin
 from .conftest import completion_body, make_key, seed
 
 PAYLOAD = "<img src=x onerror=alert(1)>"

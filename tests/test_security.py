@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -15,7 +14,7 @@ from webapp import create_app
 from webapp.extensions import db
 from webapp.models import ApiKey, User
 
-from .admin_fixtures import PASSWORD, USERNAME, csrf_token, make_user, sign_in, user  # noqa: F401
+from .admin_fixtures import PASSWORD, USERNAME, csrf_token, make_user, sign_in
 from .conftest import TEST_SECRET_KEY, completion_body, make_key, seed, start_gunicorn, stop_server
 
 
