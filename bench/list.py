@@ -40,7 +40,7 @@ def fill(rows: int) -> None:
                     "seq": i + 1, "id": f"chatcmpl-{i:08d}", "created": 1_700_000_000 + i // 3,
                     "model": f"model-{i % 5}", "deleted": False,
                     "body": {**body, "id": f"chatcmpl-{i:08d}", "created": 1_700_000_000 + i // 3, "model": f"model-{i % 5}"},
-                    "messages": messages, "metadata_map": {"team": f"team-{i % 4}", "shard": f"shard-{(i // 4) % 4}", **({"rare": "yes"} if i % 1000 == 0 else {})},
+                    "messages": messages, "metadata_map": {"team": f"team-{i % 4}", "shard": f"shard-{(i // 4) % 4}", "parity": f"p{i % 2}", **({"rare": "yes"} if i % 1000 == 0 else {})},
                     "version": 1,
                 }
                 for i in chunk
@@ -50,6 +50,7 @@ def fill(rows: int) -> None:
             insert(CompletionMetadata),
             [{"completion_seq": i + 1, "key": "team", "value": f"team-{i % 4}"} for i in chunk]
             + [{"completion_seq": i + 1, "key": "shard", "value": f"shard-{(i // 4) % 4}"} for i in chunk]
+            + [{"completion_seq": i + 1, "key": "parity", "value": f"p{i % 2}"} for i in chunk]
             + [{"completion_seq": i + 1, "key": "rare", "value": "yes"} for i in chunk if i % 1000 == 0],
         )
         db.session.commit()
@@ -101,6 +102,7 @@ def main() -> None:
         measure("common metadata filter (1/4)", ListQuery(metadata={"team": "team-2"}, order="desc"), args.repeat)
         measure("rare metadata filter (1/1000)", ListQuery(metadata={"rare": "yes"}, order="desc"), args.repeat)
         measure("two common filters (1/4 x 1/4)", ListQuery(metadata={"team": "team-2", "shard": "shard-1"}, order="desc"), args.repeat)
+        measure("two common filters, never together", ListQuery(metadata={"team": "team-0", "parity": "p1"}, order="desc"), 5)
         measure("common + rare filter", ListQuery(metadata={"team": "team-0", "rare": "yes"}, order="desc"), args.repeat)
         measure("rare filter + deep cursor", ListQuery(metadata={"rare": "yes"}, after=middle), args.repeat)
         measure("absent metadata value", ListQuery(metadata={"team": "nobody"}), 3)
