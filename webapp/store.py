@@ -141,10 +141,18 @@ def etag(row: Completion) -> str:
 # --- Completions ------------------------------------------------------------------------
 
 
+def _storable(name: str) -> bool:
+    """Return whether a stored name (an id, a username) could hold ``name``.
+
+    PostgreSQL text refuses NUL, so a name with one is simply not there: looking it up
+    answers "not found" on every backend instead of a database error on one.
+    """
+    return "\x00" not in name
+
+
 def get_completion(session: Session, *, completion_id: str) -> Completion:
     """Return the live completion ``completion_id``; raise CompletionNotFound otherwise."""
-    if "\x00" in completion_id:
-        # No id can hold NUL (PostgreSQL text refuses it), so it is simply not there.
+    if not _storable(completion_id):
         raise CompletionNotFound(completion_id)
     row = session.scalar(select(Completion).where(Completion.id == completion_id, Completion.deleted.is_(False)))
     if row is None:
@@ -536,8 +544,7 @@ def verify_sign_in(session: Session, *, username: str, password: str, now: datet
     unknown username costs the same password check, so timing does not tell which exist.
     The slow check runs outside any write transaction; ``record_sign_in`` writes the outcome.
     """
-    # No username can hold NUL (PostgreSQL text refuses it), so it is simply not there.
-    user = None if "\x00" in username else session.scalar(select(User).where(User.username == username))
+    user = session.scalar(select(User).where(User.username == username)) if _storable(username) else None
     if user is None:
         check_password_hash(_decoy_password_hash(), password)
         return None
@@ -560,7 +567,7 @@ def record_sign_in(
     The ``max_failures``-th failure in a row locks the username for ``lock_for``. Counted
     in SQL, so concurrent wrong guesses all count. An unknown username changes nothing.
     """
-    if "\x00" in username:
+    if not _storable(username):
         return
     if succeeded:
         session.execute(
