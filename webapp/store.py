@@ -133,9 +133,14 @@ def build_completion_body(request: Mapping[str, Any], response: Mapping[str, Any
     return body
 
 
+def version_etag(version: int | str) -> str:
+    """Return the strong ETag of a completion's ``version`` (as a form carries it, too)."""
+    return f'"{version}"'
+
+
 def etag(row: Completion) -> str:
     """Return the strong ETag of a row's current version."""
-    return f'"{row.version}"'
+    return version_etag(row.version)
 
 
 # --- Completions ------------------------------------------------------------------------

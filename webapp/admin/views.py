@@ -281,7 +281,7 @@ def completion_detail(completion_id: str) -> Any:
     try:
         with write_transaction() as tx:
             store.update_metadata(
-                tx, completion_id=completion_id, metadata=form.metadata, actor=actor(), if_match={f'"{form.version.data}"'}
+                tx, completion_id=completion_id, metadata=form.metadata, actor=actor(), if_match={store.version_etag(form.version.data)}
             )
     except store.PreconditionFailed as exc:
         # Keep the person's rows, now based on the current version: saving again is a deliberate overwrite.
@@ -307,7 +307,7 @@ def restore_metadata(change_id: int) -> BaseResponse:
     try:
         with write_transaction() as tx:
             store.update_metadata(
-                tx, completion_id=completion_id, metadata=state, actor=actor(), if_match={f'"{form.version.data}"'}
+                tx, completion_id=completion_id, metadata=state, actor=actor(), if_match={store.version_etag(form.version.data)}
             )
     except store.PreconditionFailed:
         flash(
