@@ -6,10 +6,11 @@ It starts a tiny local upstream (an asyncio HTTP server in its own process) answ
 fixed completion, or a short stream, and the store (gunicorn with gunicorn.conf.py, a
 temporary SQLite database and one API key) in front of it. Then, alternating between the
 two so that drift hits both alike, it measures a non-streaming create straight to the
-upstream and through the store, and the time to the first streamed event both ways, and
-prints medians, p95s, what the store adds, and the ratios. Targets: at most 1.2 ms added at
-the median for a non-streaming create (``store: false``), and a first chunk at most 1.2 ms
-after the direct one.
+upstream and through the store (``store: false``, and ``store: true`` with metadata, which
+commits the completion, its metadata rows and its history row before answering), and the
+time to the first streamed event both ways, and prints medians, p95s, what the store adds,
+and the ratios. Targets: at most 1.2 ms added at the median for a non-streaming create, with
+``store: false`` and with ``store: true``, and a first chunk at most 1.2 ms after the direct one.
 
 The stream's first event goes out at once, the rest right after it (``--gap-ms`` puts a
 pause between them). Requests then follow each other back to back, as the non-streaming
@@ -78,8 +79,11 @@ def _stream_events() -> tuple[bytes, bytes]:
 
 
 class _UpstreamProtocol(asyncio.Protocol):
-    JSON_ANSWER = json.dumps(COMPLETION).encode()
+    # Every answer gets an id of its own, as OpenAI's do: with one id for all, every stored
+    # create after the first would take the path of a taken id (a minted one).
+    JSON_ANSWER = json.dumps(COMPLETION).encode().replace(b'"chatcmpl-bench"', b'"chatcmpl-bench-%d"')
     FIRST, REST = _stream_events()
+    answered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -109,7 +113,9 @@ class _UpstreamProtocol(asyncio.Protocol):
     def _answer(self, stream: bool) -> None:
         head = b"HTTP/1.1 200 OK\r\nx-request-id: req_bench\r\n"
         if not stream:
-            self.transport.write(head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(self.JSON_ANSWER), self.JSON_ANSWER))
+            _UpstreamProtocol.answered += 1
+            answer = self.JSON_ANSWER % _UpstreamProtocol.answered
+            self.transport.write(head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
             return
         self.transport.write(head + b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunk(self.FIRST))
         asyncio.get_running_loop().call_later(self.gap, self.transport.write, _chunk(self.REST) + b"0\r\n\r\n")
@@ -268,17 +274,19 @@ def main() -> None:
                 "non-streaming create, store: false",
                 *measure(lambda: direct.create(plain), lambda: through.create(plain), args.requests, 200),
             )
-            report(
-                "non-streaming create, store: true (one SQLite write; for information)",
-                *measure(lambda: direct.create(plain), lambda: through.create(stored), args.requests // 4, 50),
-                target=False,
+            added_stored, _ = report(
+                "non-streaming create, store: true with metadata (the completion committed before the answer)",
+                *measure(lambda: direct.create(plain), lambda: through.create(stored), args.requests, 200),
             )
             ttfc, _ = report(
                 f"time to first chunk, streaming create, store: false, gap {args.gap_ms:g} ms",
                 *measure(lambda: direct.first_chunk(stream), lambda: through.first_chunk(stream), args.streams, 50),
             )
-            ok = added <= TARGET_MS and ttfc <= TARGET_MS
-            print(f"\n{'PASS' if ok else 'MISS'}: added {added:.3f} ms (create), {ttfc:.3f} ms (first chunk); target {TARGET_MS} ms each")
+            print(f"\nkeeping the completion adds {added_stored - added:+.3f} ms at the median; "
+                  f"store: true adds {added_stored / added:.2f}x what store: false adds")
+            ok = max(added, added_stored, ttfc) <= TARGET_MS
+            print(f"{'PASS' if ok else 'MISS'}: added {added:.3f} ms (create, store: false), {added_stored:.3f} ms "
+                  f"(create, store: true), {ttfc:.3f} ms (first chunk); target {TARGET_MS} ms each")
         finally:
             for process in processes:
                 process.terminate()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -13,12 +14,13 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from webapp.extensions import db
+from webapp import store, validation
+from webapp.extensions import db, write_connection
 from webapp.models import Completion
 from webapp.errors import APIError
 from webapp.upstream import Upstream, split_events
 
-from .helpers import LiveServer, make_key, start_gunicorn, stop_server
+from .helpers import LiveServer, completion_body, make_key, seed, start_gunicorn, stop_server
 from .openapi import check_response
 from .sdk import sdk_client
 from .upstream_double import MODEL, Choice, Failure, Hang, Scripted, ToolCall, UpstreamDouble, completion_json
@@ -503,3 +505,137 @@ def test_an_answer_that_arrives_after_the_client_left_is_stored_once(store_serve
     upstream.wait_until_ended()
     time.sleep(0.3)  # the store's worker finishes its write
     assert stored_ids() == ["chatcmpl-double-1"]
+
+
+# --- Ids: a create never overwrites, whatever ids the upstream makes ------------------------------
+
+REPEATED_ID = "chatcmpl-7"
+
+
+def minted_from(completion_id: str, upstream_id: str) -> bool:
+    """Whether ``completion_id`` is one the store minted for a completion the upstream called ``upstream_id``."""
+    return completion_id.startswith(f"{upstream_id}-") and validation.completion_id_fault(completion_id) is None
+
+
+def create_labelled(sdk: openai.OpenAI, label: str, *, stream: bool) -> tuple[str, list[Any]]:
+    """Create with ``store: true`` and metadata ``{"who": label}``; return the id the client saw
+    and, for a stream, its chunks (every one must carry that id)."""
+    if not stream:
+        return create(sdk, store=True, metadata={"who": label}).id, []
+    chunks = list(create(sdk, store=True, metadata={"who": label}, stream=True, stream_options={"include_usage": True}))
+    ids = {chunk.id for chunk in chunks}
+    assert len(ids) == 1, ids
+    return ids.pop(), chunks
+
+
+def assert_kept_as_seen(sdk: openai.OpenAI, seen: dict[str, str]) -> None:
+    """Every label's completion is stored under the id its client saw, with its own metadata."""
+    for label, completion_id in seen.items():
+        assert sdk.chat.completions.retrieve(completion_id).metadata == {"who": label}
+    assert sorted(stored_ids()) == sorted(seen.values())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_upstream_that_repeats_ids_never_overwrites(sdk: openai.OpenAI, upstream: UpstreamDouble, stream: bool) -> None:
+    """Issue 12: Ollama's ids repeat, and Alice's completion became Bob's. Now the first keeps the
+    upstream's id and each later one gets a fresh id, which is what its client sees."""
+    upstream.reset(Scripted(completion_id=REPEATED_ID))
+    seen = {}
+    for label in ("alice", "bob", "carol"):
+        seen[label], _chunks = create_labelled(sdk, label, stream=stream)
+    assert seen["alice"] == REPEATED_ID
+    assert minted_from(seen["bob"], REPEATED_ID) and minted_from(seen["carol"], REPEATED_ID) and seen["bob"] != seen["carol"]
+    assert_kept_as_seen(sdk, seen)
+    assert [m.id for m in sdk.chat.completions.messages.list(seen["bob"])] == [f"{seen['bob']}-0", f"{seen['bob']}-1"]
+    assert [c.id for c in sdk.chat.completions.list()] == list(seen.values())
+
+
+def test_a_streamed_chunk_changes_in_its_id_only(store_server: LiveServer, api_key: str, upstream: UpstreamDouble) -> None:
+    upstream.reset(Scripted(completion_id=REPEATED_ID, choices=(Choice(content=tuple("abc")),)))
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "store": True, "stream_options": {"include_usage": True}}
+    received = []
+    for _ in range(2):
+        with httpx.stream("POST", f"{store_server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"}) as response:
+            received.append(response.read())
+    first, second = received
+    assert first == b"".join(upstream.received[0].sent)
+    [minted] = set(stored_ids()) - {REPEATED_ID}
+    expected = b"".join(upstream.received[1].sent).replace(f'"id": "{REPEATED_ID}"'.encode(), f'"id": "{minted}"'.encode())
+    assert second == expected and second.count(minted.encode()) == len(upstream.received[1].sent) - 1
+
+
+def test_twelve_concurrent_creates_with_one_upstream_id_are_all_kept(
+    sdk: openai.OpenAI, upstream: UpstreamDouble, api_key: str
+) -> None:
+    """Half plain, half streamed, all at once, behind a completion stored earlier under the same id."""
+    seed(completion_body(REPEATED_ID, metadata={"who": "earlier"}))
+    upstream.reset(Scripted(completion_id=REPEATED_ID, delay=0.01))
+    labels = [f"client-{i:02d}" for i in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda label: create_labelled(sdk, label, stream=int(label[-2:]) % 2 == 1)[0], labels))
+    seen = {"earlier": REPEATED_ID, **dict(zip(labels, results))}
+    assert len(set(seen.values())) == 13
+    assert all(minted_from(completion_id, REPEATED_ID) for completion_id in results)
+    assert_kept_as_seen(sdk, seen)
+    assert sdk.chat.completions.retrieve(REPEATED_ID).choices[0].message.content == "Hello!"
+
+
+UNFIT_UPSTREAM_IDS = [
+    pytest.param("chatcmpl/with/slash", id="slash"),
+    pytest.param("chatcmpl with space", id="space"),
+    pytest.param("x" * 300, id="too-long"),
+    pytest.param("", id="empty"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("upstream_id", UNFIT_UPSTREAM_IDS)
+def test_an_upstream_id_that_breaks_the_id_rule_gets_a_minted_one(
+    sdk: openai.OpenAI, upstream: UpstreamDouble, upstream_id: str, stream: bool
+) -> None:
+    upstream.reset(Scripted(completion_id=upstream_id))
+    completion_id, _chunks = create_labelled(sdk, "ann", stream=stream)
+    assert completion_id.startswith("chatcmpl-") and validation.completion_id_fault(completion_id) is None
+    assert_kept_as_seen(sdk, {"ann": completion_id})
+    # Without store nothing is kept, and the upstream's id passes through as it was.
+    seen = create(sdk, stream=stream)
+    assert (next(iter(seen)).id if stream else seen.id) == upstream_id
+
+
+def test_a_deleted_completions_id_is_not_taken_again(sdk: openai.OpenAI, upstream: UpstreamDouble) -> None:
+    """A tombstone keeps its id (cursors naming it still page on): a create gets a fresh one."""
+    upstream.reset(Scripted(completion_id=REPEATED_ID))
+    first = create(sdk, store=True).id
+    sdk.chat.completions.delete(first)
+    second = create(sdk, store=True).id
+    assert first == REPEATED_ID and minted_from(second, REPEATED_ID)
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.retrieve(REPEATED_ID)
+
+
+def test_a_streams_held_id_lists_nowhere_until_done(sdk: openai.OpenAI, upstream: UpstreamDouble) -> None:
+    upstream.reset(Scripted(choices=(Choice(content=("one", " two", " three")),), delay=0.2))
+    stream = iter(create(sdk, store=True, stream=True))
+    first = next(stream)
+    # Held (the id is taken: stored_ids counts tombstones) but not a completion yet.
+    assert stored_ids() == [first.id]
+    assert list(sdk.chat.completions.list()) == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.retrieve(first.id)
+    rest = list(stream)
+    assert {chunk.id for chunk in rest} == {first.id}
+    assert sdk.chat.completions.retrieve(first.id).choices[0].message.content == "one two three"
+
+
+def test_a_reservation_taken_over_by_an_import_stores_under_a_fresh_id(app: Any) -> None:
+    """An import of the very id a stream holds lands first: the stream's completion is stored
+    under a fresh id rather than over the imported one."""
+    body = completion_body(REPEATED_ID)
+    with write_connection() as connection:
+        held = store.reserve_completion_id(connection, upstream_id=REPEATED_ID, created=1, model=MODEL)
+    seed(completion_body(REPEATED_ID, metadata={"who": "import"}))
+    with write_connection() as connection:
+        stored_as = store.fill_reservation(connection, reservation=held, body=body, messages=[], metadata={"who": "stream"}, actor="t")
+    assert minted_from(stored_as, REPEATED_ID)
+    assert store.get_completion(db.session, completion_id=REPEATED_ID).metadata_map == {"who": "import"}
+    assert store.get_completion(db.session, completion_id=stored_as).metadata_map == {"who": "stream"}

@@ -55,6 +55,8 @@ class Scripted:
     error_after: int | None = None
     stall_after: int | None = None
     stall: float = 0.0
+    # Every answer's id (small servers such as Ollama repeat ids); None: ``chatcmpl-double-N``.
+    completion_id: str | None = None
     error_event: Any = field(default_factory=lambda: {"error": {"message": "The model overloaded.", "type": "server_error", "param": None, "code": None}})
 
 
@@ -186,6 +188,10 @@ def stream_chunks(script: Scripted, completion_id: str, *, include_usage: bool) 
     return chunks
 
 
+def _id_of(script: Scripted, number: int) -> str:
+    return f"chatcmpl-double-{number}" if script.completion_id is None else script.completion_id
+
+
 def sse(data: Any) -> bytes:
     """Return one SSE event carrying ``data`` (JSON unless it is a string)."""
     text = data if isinstance(data, str) else json.dumps(data)
@@ -219,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif body.get("stream"):
                 self._stream(reply, received, number)
             else:
-                self._json(200, completion_json(reply, f"chatcmpl-double-{number}"), received, number)
+                self._json(200, completion_json(reply, _id_of(reply, number)), received, number)
         except (BrokenPipeError, ConnectionResetError):
             received.outcome = "client-gone"
             self.close_connection = True
@@ -245,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, script: Scripted, received: Received, number: int) -> None:
         include_usage = bool((received.body.get("stream_options") or {}).get("include_usage"))
-        chunks = stream_chunks(script, f"chatcmpl-double-{number}", include_usage=include_usage)
+        chunks = stream_chunks(script, _id_of(script, number), include_usage=include_usage)
         self._headers(200, {"Content-Type": "text/event-stream; charset=utf-8", "Transfer-Encoding": "chunked"}, number)
         for count, chunk in enumerate(chunks):
             if count == script.error_after:

@@ -85,8 +85,9 @@ def request_line_length(environ: dict[str, Any]) -> int:
     """
     target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if target is None:
+        path = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/;=,", encoding="latin-1")
         query = environ.get("QUERY_STRING", "")
-        target = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/;=,", encoding="latin-1") + ("?" + query if query else "")
+        target = path + ("?" + query if query else "")
     return len(environ.get("REQUEST_METHOD", "")) + 1 + len(target) + 1 + len(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import DeclarativeBase, Session
 
 
@@ -68,3 +68,17 @@ def write_transaction(session: Session | None = None) -> Iterator[Session]:
     except BaseException:
         session.rollback()
         raise
+
+
+@contextmanager
+def write_connection() -> Iterator[Connection]:
+    """Run the block as one write transaction on a Core connection of its own: commit when it
+    ends, roll back if it raises; on SQLite it holds the write lock from its first statement.
+
+    For the hot path of a create, which needs no ORM objects: it skips the Session's
+    bookkeeping that :func:`write_transaction` carries for the views that load rows.
+    """
+    with db.engine.connect() as connection:
+        connection.execution_options(**{_IMMEDIATE: True})
+        with connection.begin():
+            yield connection

@@ -13,6 +13,7 @@ redacted (:class:`Redactor`), and the server's log says what the upstream answer
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -393,6 +394,42 @@ def parse_data(data: str) -> tuple[DataKind, dict[str, Any] | None]:
     if not isinstance(parsed, dict):
         return "invalid", None
     return ("error" if parsed.get("error") else "chunk"), parsed
+
+
+def with_id(raw: bytes, obj: Mapping[str, Any], new_id: str) -> bytes | None:
+    """Return ``raw`` (the JSON text of ``obj``, or an SSE event carrying it) with the top-level
+    ``"id"`` of ``obj`` set to ``new_id`` and every other byte as it was; ``raw`` itself when
+    the id is already ``new_id`` or ``obj`` has none; None when the id's text is not found
+    exactly once (the caller then re-encodes ``obj``).
+    """
+    old = obj.get("id")
+    if old == new_id or "id" not in obj:
+        return raw
+    if not isinstance(old, str):
+        return None
+    for pattern in _id_patterns(old):
+        matches = list(pattern.finditer(raw))
+        if len(matches) == 1:
+            match = matches[0]
+            replacement = json.dumps(new_id, ensure_ascii=False).encode("utf-8")
+            return raw[: match.start()] + match.group(1) + replacement + raw[match.end() :]
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _id_patterns(old_id: str) -> tuple[re.Pattern[bytes], ...]:
+    """The patterns of ``"id": "<old_id>"`` as an upstream may write it (one id per stream: cached)."""
+    texts = dict.fromkeys((json.dumps(old_id, ensure_ascii=False), json.dumps(old_id)))
+    return tuple(re.compile(rb'("id"\s*:\s*)' + re.escape(text.encode("utf-8"))) for text in texts)
+
+
+def event_with_id(raw: bytes, chunk: Mapping[str, Any], new_id: str) -> bytes:
+    """Return the SSE event ``raw`` carrying ``chunk`` with the chunk's id set to ``new_id``:
+    byte for byte otherwise, or the chunk re-encoded if its id cannot be found in the bytes."""
+    rewritten = with_id(raw, chunk, new_id)
+    if rewritten is not None:
+        return rewritten
+    return b"data: " + json.dumps({**chunk, "id": new_id}, ensure_ascii=False).encode("utf-8") + b"\n\n"
 
 
 # --- Stream assembly --------------------------------------------------------------------

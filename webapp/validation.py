@@ -25,6 +25,9 @@ MIN_LIMIT = 1
 MAX_LIMIT = 100
 ORDERS = ("asc", "desc")
 ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+# A fit id at a glance (every create checks one): no "/", no whitespace (``\s`` is what
+# str.isspace() calls whitespace), no control character (Unicode's Cc: U+0000-U+001F, U+007F-U+009F).
+FIT_ID = re.compile(r"[^/\s\x00-\x1f\x7f-\x9f]{1,%d}" % MAX_ID_LENGTH)
 # ``search`` text of a list (issue 9) is refused past this many characters.
 MAX_SEARCH_LENGTH = 1000
 # The size of the model column: a longer ``model`` filter cannot match anything.
@@ -406,6 +409,8 @@ def completion_id_fault(value: Any) -> str | None:
     """
     if not isinstance(value, str):
         return f"expected a string, but got {_type_name(value)} instead"
+    if FIT_ID.fullmatch(value):
+        return None
     if not value or len(value) > MAX_ID_LENGTH:
         return f"expected 1 to {MAX_ID_LENGTH} characters, but got {len(value)}"
     for char in value:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +14,18 @@ from flask import Flask, Response, current_app, g
 
 from .. import store, validation
 from ..errors import APIError, envelope
-from ..extensions import db, write_transaction
-from ..upstream import Answer, EventStream, StreamAssembler, event_data, is_done, parse_data, upstream_for
+from ..extensions import db, write_connection
+from ..upstream import (
+    Answer,
+    EventStream,
+    StreamAssembler,
+    event_data,
+    event_with_id,
+    is_done,
+    parse_data,
+    upstream_for,
+    with_id,
+)
 from . import bp
 from .auth import actor
 from .views import json_body
@@ -47,17 +58,21 @@ def create_completion() -> Response:
         return response
     answer = upstream.create(create.forward)
     request_id = _adopt_request_id(answer.request_id)
+    completion_id = answer.completion["id"]
     if create.store:
-        _save(create, answer.completion, request_id, actor())
-    return Response(with_metadata(answer, create.metadata), mimetype="application/json", headers=answer.headers)
+        completion_id = _save(create, answer.completion, request_id, actor())
+    body = answer_body(answer, metadata=create.metadata, completion_id=completion_id)
+    return Response(body, mimetype="application/json", headers=answer.headers)
 
 
-def with_metadata(answer: Answer, metadata: dict[str, str]) -> bytes:
-    """Return the upstream's answer with ``metadata`` added: its bytes as they came, the
-    field appended before the closing brace, unless the upstream sent a ``metadata`` itself."""
-    if "metadata" in answer.completion:
-        return json.dumps({**answer.completion, "metadata": metadata}, ensure_ascii=False).encode("utf-8")
-    return answer.raw.rstrip()[:-1] + b',"metadata":' + json.dumps(metadata, ensure_ascii=False).encode("utf-8") + b"}"
+def answer_body(answer: Answer, *, metadata: dict[str, str], completion_id: str) -> bytes:
+    """Return the upstream's answer with ``metadata`` added and the id it is stored under: its
+    bytes as they came, the id's text replaced if it changed and the field appended before the
+    closing brace, unless the upstream sent a ``metadata`` itself (then re-encoded)."""
+    raw = None if "metadata" in answer.completion else with_id(answer.raw, answer.completion, completion_id)
+    if raw is None:
+        return json.dumps({**answer.completion, "id": completion_id, "metadata": metadata}, ensure_ascii=False).encode("utf-8")
+    return raw.rstrip()[:-1] + b',"metadata":' + json.dumps(metadata, ensure_ascii=False).encode("utf-8") + b"}"
 
 
 def _adopt_request_id(upstream_request_id: str | None) -> str:
@@ -68,15 +83,24 @@ def _adopt_request_id(upstream_request_id: str | None) -> str:
     return g.request_id
 
 
-def _save(create: validation.CreateRequest, completion: dict[str, Any], request_id: str, actor: str) -> None:
-    """Store the completion with its request, in one transaction."""
-    with write_transaction() as session:
-        store.save_completion(
-            session,
-            body=store.build_completion_body(create.forward, completion, request_id),
-            messages=create.forward["messages"],
-            metadata=create.metadata,
-            actor=actor,
+def _save(
+    create: validation.CreateRequest,
+    completion: dict[str, Any],
+    request_id: str,
+    actor: str,
+    reservation: store.Reservation | None = None,
+) -> str:
+    """Store a new completion with its request, in one transaction, under its reserved id when
+    a stream holds one; return the id it is stored under (see ``store.create_completion``)."""
+    body = store.build_completion_body(create.forward, completion, request_id)
+    with write_connection() as connection:
+        if reservation is not None:
+            return store.fill_reservation(
+                connection, reservation=reservation, body=body, messages=create.forward["messages"],
+                metadata=create.metadata, actor=actor,
+            )
+        return store.create_completion(
+            connection, body=body, messages=create.forward["messages"], metadata=create.metadata, actor=actor
         )
 
 
@@ -93,35 +117,55 @@ class PendingCreate:
 def _relay(events: EventStream, pending: PendingCreate) -> Iterator[bytes]:
     """Pass every upstream event on as it arrives, assembling the completion on the way.
 
-    When ``[DONE]`` arrives the completion is stored (if asked) before ``[DONE]`` is passed
-    on, so a client that has read ``[DONE]`` can retrieve it at once. A stream that fails
-    or ends early stores nothing and ends with an error event, which the OpenAI SDK raises.
-    A client that goes away closes the generator, and ``finally`` ends the upstream request.
+    With ``store: true`` the first chunk reserves the id the completion will be stored under
+    (the upstream's when free, else a minted one) and every chunk passes on with that id,
+    its other bytes unchanged. When ``[DONE]`` arrives the completion is stored (if asked)
+    before ``[DONE]`` is passed on, so a client that has read ``[DONE]`` can retrieve it at
+    once. A stream that fails or ends early stores nothing (its reservation is released)
+    and ends with an error event, which the OpenAI SDK raises. A client that goes away
+    closes the generator, and ``finally`` ends the upstream request.
     """
     assembler = StreamAssembler()
-    storable = pending.create.store
+    keep = pending.create.store
+    storable = keep
+    reservation: store.Reservation | None = None
+    shown_id: str | None = None  # the id every chunk carries once one is reserved
     ended = False  # the client has had [DONE] or an error event
     try:
         for raw in events:
             data = event_data(raw)
             if data is not None and is_done(data):
                 if storable and not ended:
-                    _save_streamed(assembler, pending)
+                    _save_streamed(assembler, pending, reservation)
+                    reservation = None
                 ended = True
                 yield raw
                 continue
-            # Passed on first: parsing the event for the assembly need not delay it.
-            yield raw
             if data is None:
-                continue  # a comment, such as a keep-alive
+                yield raw  # a comment, such as a keep-alive
+                continue
+            if not keep:
+                # Passed on first: nothing to rewrite, and parsing need not delay it.
+                yield raw
+                kind, _chunk = parse_data(data)
+                ended = ended or kind == "error"
+                continue
             kind, chunk = parse_data(data)
-            if kind == "chunk":
+            if kind == "chunk" and chunk is not None:
+                if shown_id is None and storable:
+                    reservation = _reserve(chunk, pending)
+                    shown_id = reservation.completion_id
+                yield raw if shown_id is None else event_with_id(raw, chunk, shown_id)
                 if storable:
-                    assembler.add(chunk or {})
+                    assembler.add(chunk)
                 continue
             if storable:
                 log.warning("the upstream stream sent %s data: request %s is not stored", kind, pending.request_id)
             storable = False
+            # Released before the client hears of the failure, so it never finds the id held.
+            _release(reservation, pending)
+            reservation = None
+            yield raw
             ended = ended or kind == "error"
         if not ended:
             raise APIError(
@@ -130,26 +174,54 @@ def _relay(events: EventStream, pending: PendingCreate) -> Iterator[bytes]:
                 type="server_error",
             )
     except APIError as exc:
+        _release(reservation, pending)
+        reservation = None
         if not ended:
             yield sse_error_event(exc)
     finally:
         events.close()
+        _release(reservation, pending)
 
 
-def _save_streamed(assembler: StreamAssembler, pending: PendingCreate) -> None:
-    """Store a streamed completion (the request's context is gone: the app's is pushed);
-    raise APIError when that fails, for the error event."""
-    completion = assembler.completion()
+@contextmanager
+def _database_step(pending: PendingCreate, failure: str) -> Iterator[None]:
+    """Run a stream's database step in the app's context (the request's is gone); a failure
+    is logged and raised as APIError 500 saying ``failure``, for the error event."""
     try:
         with pending.app.app_context():
-            _save(pending.create, completion, pending.request_id, pending.actor)
+            yield
     except Exception as exc:
-        log.exception("a streamed completion could not be stored (request %s)", pending.request_id)
-        raise APIError(
-            500,
-            "The completion was streamed in full but could not be stored: the database failed. Nothing was stored.",
-            type="server_error",
-        ) from exc
+        log.exception("%s (request %s)", failure, pending.request_id)
+        raise APIError(500, failure, type="server_error") from exc
+
+
+def _reserve(chunk: dict[str, Any], pending: PendingCreate) -> store.Reservation:
+    """Hold the id a streamed completion will be stored under; raise APIError when the database fails."""
+    failure = "The database failed before the stream began, so it could not be stored. Nothing was stored."
+    with _database_step(pending, failure), write_connection() as connection:
+        return store.reserve_completion_id(
+            connection, upstream_id=chunk.get("id"), created=chunk.get("created"), model=chunk.get("model")
+        )
+
+
+def _release(reservation: store.Reservation | None, pending: PendingCreate) -> None:
+    """Give back the id held for a stream that ended short, if any. A failure only leaves a
+    content-free tombstone behind."""
+    if reservation is None:
+        return
+    try:
+        with pending.app.app_context(), write_connection() as connection:
+            store.release_reservation(connection, reservation=reservation)
+    except Exception:
+        log.exception("the id held for request %s could not be released", pending.request_id)
+
+
+def _save_streamed(assembler: StreamAssembler, pending: PendingCreate, reservation: store.Reservation | None) -> None:
+    """Store a streamed completion under its reserved id; raise APIError when that fails."""
+    completion = assembler.completion()
+    failure = "The completion was streamed in full but could not be stored: the database failed. Nothing was stored."
+    with _database_step(pending, failure):
+        _save(pending.create, completion, pending.request_id, pending.actor, reservation)
 
 
 def sse_error_event(error: APIError) -> bytes:

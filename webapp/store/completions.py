@@ -1,19 +1,24 @@
 """Completions: look up, list, page, save, update metadata, delete, history.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits:
-the caller decides the transaction (see ``extensions.write_transaction``).
+the caller decides the transaction (see ``extensions.write_transaction``, and
+``extensions.write_connection`` for the Core statements of a create).
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
-from ..validation import Filter, Order, PageQuery, ValidationError
+from ..validation import MAX_ID_LENGTH, Filter, Order, PageQuery, ValidationError, completion_id_fault
 from .base import Page, storable
 from .shapes import etag, message_objects
 
@@ -292,6 +297,185 @@ def save_completion(
     if before != dict(metadata):
         _record_change(session, completion_id=completion_id, actor=actor, before=before, after=metadata)
     return row, True
+
+
+# --- Creating: a new completion never takes an id that is already stored -----------------------
+
+# The random part of a minted id: 64 bits, so two mints never meet in practice (and if they
+# did, the unique id would refuse the second, which then mints again).
+MINTED_SUFFIX_BYTES = 8
+# Tries at a free id before giving up (each a fresh random one): reaching it means a bug.
+MINT_ATTEMPTS = 5
+
+
+class IdsExhausted(Exception):
+    """No free id was found for a new completion (never expected: minted ids are random)."""
+
+
+def mint_completion_id(upstream_id: Any) -> str:
+    """Return a fresh id for a completion whose upstream id is taken or unfit: the upstream's id
+    with a random suffix when it fits the id rule (so the provider's logs still find it), else
+    ``chatcmpl-`` and a random part."""
+    suffix = secrets.token_hex(MINTED_SUFFIX_BYTES)
+    if (
+        isinstance(upstream_id, str)
+        and completion_id_fault(upstream_id) is None
+        and len(upstream_id) + 1 + len(suffix) <= MAX_ID_LENGTH
+    ):
+        return f"{upstream_id}-{suffix}"
+    return f"chatcmpl-{suffix}{secrets.token_hex(4)}"
+
+
+_completions = Completion.__table__
+_metadata_rows = CompletionMetadata.__table__
+_changes = MetadataChange.__table__
+_INSERT_IF_FREE: dict[str, Any] = {}
+# Built once, so each create skips building them and computing their cache keys.
+_INSERT_METADATA_ROWS = insert(_metadata_rows)
+_INSERT_CHANGE = insert(_changes)
+_FILL_RESERVATION = (
+    update(_completions)
+    .where(_completions.c.seq == bindparam("reserved_seq"), _completions.c.version == 0)
+)
+_RELEASE_RESERVATION = delete(_completions).where(
+    _completions.c.seq == bindparam("reserved_seq"), _completions.c.version == 0
+)
+# Model attribute -> table column, where they differ (``metadata_map`` is the ``metadata`` column).
+_COLUMN_OF = {
+    attr.key: attr.columns[0].key for attr in Completion.__mapper__.column_attrs if attr.key != attr.columns[0].key
+}
+
+
+def _row(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return :func:`completion_values` (keyed by model attribute) keyed by table column, for Core statements."""
+    return {_COLUMN_OF.get(name, name): value for name, value in values.items()}
+
+
+def _insert_if_free(dialect: str) -> Any:
+    """Return ``INSERT INTO completions ... ON CONFLICT (id) DO NOTHING RETURNING seq`` for ``dialect``
+    (built once: the compiled statement is cached)."""
+    statement = _INSERT_IF_FREE.get(dialect)
+    if statement is None:
+        module = sqlite if dialect == "sqlite" else postgresql
+        statement = module.insert(_completions).on_conflict_do_nothing(index_elements=["id"]).returning(_completions.c.seq)
+        _INSERT_IF_FREE[dialect] = statement
+    return statement
+
+
+def _claim_id(connection: Connection, values: dict[str, Any]) -> int:
+    """Insert the row ``values`` under its id if that id is free and fits the rule, else under a
+    minted one (``values`` is updated to the id used); return its ``seq``.
+
+    The unique index decides, not a look beforehand, so concurrent creates with one upstream
+    id cannot both take it: PostgreSQL makes the second wait for the first and then skip;
+    SQLite runs write transactions one at a time.
+    """
+    statement = _insert_if_free(connection.dialect.name)
+    if completion_id_fault(values["id"]) is not None:
+        _rename(values, mint_completion_id(values["id"]))
+    upstream_id = values["id"]
+    for _attempt in range(MINT_ATTEMPTS):
+        seq = connection.execute(statement, _row(values)).scalar()
+        if seq is not None:
+            return seq
+        _rename(values, mint_completion_id(upstream_id))
+    raise IdsExhausted(f"no free id found for a completion after {MINT_ATTEMPTS} tries")
+
+
+def _rename(values: dict[str, Any], completion_id: str) -> None:
+    values["id"] = completion_id
+    if values.get("body") is not None:
+        values["body"] = {**values["body"], "id": completion_id}
+
+
+def _add_metadata(connection: Connection, *, seq: int, completion_id: str, metadata: Mapping[str, str], actor: str) -> None:
+    """Insert the filter rows of a new completion's metadata and its history record (one statement each)."""
+    if not metadata:
+        return
+    connection.execute(
+        _INSERT_METADATA_ROWS, [{"completion_seq": seq, "key": key, "value": value} for key, value in metadata.items()]
+    )
+    connection.execute(
+        _INSERT_CHANGE,
+        {"completion_id": completion_id, "actor": actor, "before": {}, "after": dict(metadata), "changed_at": utcnow()},
+    )
+
+
+def create_completion(
+    connection: Connection, *, body: Mapping[str, Any], messages: list[Any], metadata: Mapping[str, str], actor: str
+) -> str:
+    """Store a new completion made through the upstream; return the id it is stored under.
+
+    That is ``body["id"]`` when it is free and fits the id rule, else a freshly minted id
+    (:func:`mint_completion_id`): a create never overwrites or revives a stored completion,
+    also under concurrent creates. Core statements on ``connection`` (see
+    ``extensions.write_connection``), one round trip per table, no ORM objects: this runs on
+    every ``store: true`` create. Raises IdsExhausted (never expected).
+    """
+    values = completion_values(body=body, messages=messages, metadata=metadata)
+    values.update(version=1, updated_at=utcnow())
+    seq = _claim_id(connection, values)
+    _add_metadata(connection, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
+    return values["id"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An id held for a completion still streaming in: a content-free tombstone row (version 0)
+    that lists nowhere, which :func:`fill_reservation` turns into the completion."""
+
+    seq: int
+    completion_id: str
+
+
+def reserve_completion_id(connection: Connection, *, upstream_id: Any, created: Any, model: Any) -> Reservation:
+    """Hold an id for a streamed completion before its first chunk reaches the client (which sees
+    the id in every chunk): ``upstream_id`` when free and fit, else a minted one. Raises IdsExhausted.
+
+    The row is a tombstone without content (``deleted``, version 0): lists, retrieve and
+    exports skip it. :func:`fill_reservation` completes it; :func:`release_reservation`
+    removes it when the stream ends short.
+    """
+    named = {
+        "id": upstream_id if isinstance(upstream_id, str) else mint_completion_id(None),
+        "created": created if isinstance(created, int) and not isinstance(created, bool) else int(time.time()),
+        "model": model if isinstance(model, str) else "",
+    }
+    # Through the one row mapper, so that columns derived from a completion get their empty values.
+    values = completion_values(body=named, messages=[], metadata={})
+    values.update(body=None, messages=None, metadata_map=None, deleted=True, version=0, updated_at=utcnow())
+    seq = _claim_id(connection, values)
+    return Reservation(seq=seq, completion_id=values["id"])
+
+
+def fill_reservation(
+    connection: Connection,
+    *,
+    reservation: Reservation,
+    body: Mapping[str, Any],
+    messages: list[Any],
+    metadata: Mapping[str, str],
+    actor: str,
+) -> str:
+    """Store the completion of a finished stream under its reserved id; return that id.
+
+    If the reservation is gone (an import of that very id landed meanwhile), the completion
+    is stored under a fresh id instead, as :func:`create_completion` would, and that id is
+    returned: nothing is overwritten either way.
+    """
+    values = completion_values(body={**body, "id": reservation.completion_id}, messages=messages, metadata=metadata)
+    values.update(version=1, updated_at=utcnow())
+    filled = connection.execute(_FILL_RESERVATION, {**_row(values), "reserved_seq": reservation.seq})
+    seq = reservation.seq
+    if filled.rowcount != 1:
+        seq = _claim_id(connection, values)
+    _add_metadata(connection, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
+    return values["id"]
+
+
+def release_reservation(connection: Connection, *, reservation: Reservation) -> None:
+    """Remove the held id of a stream that ended short (nothing of it is stored)."""
+    connection.execute(_RELEASE_RESERVATION, {"reserved_seq": reservation.seq})
 
 
 def metadata_history(session: Session, *, completion_id: str) -> list[MetadataChange]:
