@@ -3,6 +3,7 @@
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
 - ``completions``: look up, list, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
+- ``imports``: upserting many completions in one batch of statements (import, sync);
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
@@ -28,6 +29,7 @@ from .completions import (
     save_completion,
     update_metadata,
 )
+from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -52,11 +54,14 @@ from .users import (
 )
 
 __all__ = [
+    "BatchOutcome",
     "BulkResult",
     "CompletionNotFound",
+    "IncomingCompletion",
     "NameTaken",
     "Page",
     "PreconditionFailed",
+    "ROW_REFUSALS",
     "SignInLocked",
     "authenticate_api_key",
     "build_completion_body",
@@ -90,6 +95,7 @@ __all__ = [
     "start_user_session",
     "touch_api_key",
     "update_metadata",
+    "upsert_completions",
     "user_for_session",
     "verify_sign_in",
     "version_etag",
