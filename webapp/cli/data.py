@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -135,15 +136,25 @@ def clean_filter_options(*, model: str | None, metadata: tuple[str, ...]) -> val
         raise click.BadParameter(exc.message, param_hint="--model" if exc.param == "model" else "--metadata") from None
 
 
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the filter options (the API's filter, by its rules) as one ``selection`` argument."""
+
+    @click.option("--model", help="Only completions of this model.")
+    @click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+    @functools.wraps(command)
+    def with_selection(*args: Any, model: str | None, metadata_filters: tuple[str, ...], **kwargs: Any) -> Any:
+        return command(*args, selection=clean_filter_options(model=model, metadata=metadata_filters), **kwargs)
+
+    return with_selection
+
+
 @click.command("export")
-@click.option("--model", help="Only completions of this model.")
-@click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+@filter_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="store", show_default=True)
 # Not lazy: the file is created even when nothing matches, so a script finds it (empty) and not stale.
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=False), default="-", help="Default: stdout.")
-def export_command(model: str | None, metadata_filters: tuple[str, ...], fmt: str, output: IO[str]) -> None:
+def export_command(selection: validation.Filter, fmt: str, output: IO[str]) -> None:
     """Stream completions as JSONL: ``store`` round-trips through import, ``chat`` is for fine-tuning."""
-    selection = clean_filter_options(model=model, metadata=metadata_filters)
     lines = export_lines(db.session, filter=selection, fmt=fmt)  # type: ignore[arg-type]
     if output.name == "<stdout>":
         # stdout is the data: no progress bar to mix into it.

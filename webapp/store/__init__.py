@@ -4,6 +4,7 @@
 - ``completions``: look up, list, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
 - ``imports``: upserting many completions in one batch of statements (import, sync);
+- ``retention``: purging old completions in short batches;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
@@ -27,6 +28,7 @@ from .completions import (
     list_models,
     metadata_history,
     save_completion,
+    tombstone_values,
     update_metadata,
 )
 from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
@@ -39,6 +41,7 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
+from .retention import count_purgeable, purge_batch
 from .shapes import build_completion_body, completion_object, etag, message_objects, version_etag
 from .users import (
     SignInLocked,
@@ -70,6 +73,7 @@ __all__ = [
     "completion_values",
     "count_api_keys",
     "count_completions",
+    "count_purgeable",
     "count_users",
     "create_api_key",
     "create_user",
@@ -88,11 +92,13 @@ __all__ = [
     "list_models",
     "message_objects",
     "metadata_history",
+    "purge_batch",
     "record_sign_in",
     "revoke_api_key",
     "save_completion",
     "set_metadata_key",
     "start_user_session",
+    "tombstone_values",
     "touch_api_key",
     "update_metadata",
     "upsert_completions",

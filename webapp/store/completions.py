@@ -219,6 +219,15 @@ def update_metadata(
     raise PreconditionFailed(get_completion(session, completion_id=completion_id))
 
 
+def tombstone_values() -> dict[str, Any]:
+    """Return the column values that turn a completion into a content-free tombstone.
+
+    The one place that says what a deleted (or purged) completion keeps: its id, created,
+    model and seq, so that a cursor naming it still knows where it stood; nothing of its content.
+    """
+    return {"deleted": True, "body": None, "messages": None, "metadata_map": None}
+
+
 def delete_completion(session: Session, *, completion_id: str) -> None:
     """Delete ``completion_id``, keeping a tombstone of its place in the order.
 
@@ -228,7 +237,7 @@ def delete_completion(session: Session, *, completion_id: str) -> None:
     result = session.execute(
         update(Completion)
         .where(Completion.seq == row.seq, Completion.deleted.is_(False))
-        .values(deleted=True, body=None, messages=None, metadata_map=None, version=Completion.version + 1, updated_at=utcnow())
+        .values(**tombstone_values(), version=Completion.version + 1, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
