@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench_helpers import empty_and_migrate, make_app  # noqa: E402
+
 BATCH = 1000
 
 
@@ -48,32 +50,6 @@ def write_file(path: str, lines: int) -> None:
                 "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": f"Question number {i}: " + "dolor sit amet " * 10}],
             }
             out.write(json.dumps(record) + "\n")
-
-
-def make_app(url: str):  # type: ignore[no-untyped-def]
-    from webapp import create_app
-
-    return create_app({"DATABASE_URL": url, "SECRET_KEY": "bench", "TESTING": True})
-
-
-def prepare(url: str) -> None:
-    """Migrate the database and empty every table."""
-    from flask_migrate import upgrade
-    from sqlalchemy import text
-
-    from webapp.extensions import db
-
-    app = make_app(url)
-    with app.app_context():
-        upgrade()
-        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
-        if db.engine.dialect.name == "postgresql":
-            db.session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in tables:
-                db.session.execute(text(f"DELETE FROM {name}"))
-        db.session.commit()
-        db.engine.dispose()
 
 
 def floor_rows(raw: bytes, seq: int, now: object) -> tuple[tuple, list[tuple], tuple | None]:
@@ -195,7 +171,7 @@ def main() -> None:
         for _run in range(args.runs):
             for kind in ("floor", "import", "again"):
                 if kind != "again":
-                    prepare(url)
+                    empty_and_migrate(url)
                 seconds, rss = run_child("floor" if kind == "floor" else "import", url, path)
                 results[kind][0].append(seconds)
                 results[kind][1].append(rss)

@@ -5,6 +5,7 @@
 - ``bulk``: changes to many completions at once;
 - ``imports``: upserting many completions in one batch of statements (import, sync);
 - ``retention``: purging old completions in short batches;
+- ``sources``: where ``sync`` stands with each store it mirrors;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
@@ -42,7 +43,8 @@ from .keys import (
     touch_api_key,
 )
 from .retention import count_purgeable, purge_batch
-from .shapes import build_completion_body, completion_object, etag, message_objects, version_etag
+from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
+from .sources import get_sync_source, save_sync_position, stored_messages
 from .users import (
     SignInLocked,
     check_password,
@@ -83,7 +85,9 @@ __all__ = [
     "etag",
     "get_completion",
     "get_metadata_change",
+    "get_sync_source",
     "hash_secret",
+    "input_message",
     "iter_completions",
     "key_needs_touch",
     "list_api_keys",
@@ -96,8 +100,10 @@ __all__ = [
     "record_sign_in",
     "revoke_api_key",
     "save_completion",
+    "save_sync_position",
     "set_metadata_key",
     "start_user_session",
+    "stored_messages",
     "tombstone_values",
     "touch_api_key",
     "update_metadata",
