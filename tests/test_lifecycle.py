@@ -87,11 +87,15 @@ def test_purge_uses_retention_days(runner, app, clock, monkeypatch: pytest.Monke
 def test_purged_content_is_gone_and_a_cursor_naming_it_still_pages(runner, client, auth, clock) -> None:
     seed(*(completion_body(f"p{i}", created=NOW - 100 * DAY + i, metadata={"team": "red", "secret": f"s{i}"}) for i in range(4)))
     seed(completion_body("keep", created=NOW, metadata={"team": "red"}))
+    seed(completion_body("deleted-earlier", created=NOW - 100 * DAY, metadata={"secret": "x"}))
+    assert client.delete("/v1/chat/completions/deleted-earlier", headers=auth).status_code == 200
     cursor = client.get("/v1/chat/completions?limit=2", headers=auth).get_json()["last_id"]
     assert cursor == "p1"
     assert client.post("/v1/chat/completions/p0", json={"metadata": {"team": "blue"}}, headers=auth).status_code == 200
 
-    assert runner.invoke(args=["purge", "--older-than", "90", "--yes"]).exit_code == 0
+    result = runner.invoke(args=["purge", "--older-than", "90", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Purged 4 completions" in result.output and "Removed the history of 1 completions deleted earlier." in result.output
 
     db.session.rollback()
     gone = [f"p{i}" for i in range(4)]

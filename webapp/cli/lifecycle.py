@@ -25,6 +25,7 @@ from openai import (
     PermissionDeniedError,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from .. import store, validation
 from ..extensions import db, write_transaction
@@ -67,27 +68,41 @@ def purge_command(older_than: int | None, selection: validation.Filter, dry_run:
     when = datetime.fromtimestamp(cutoff, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     total = store.count_purgeable(db.session, filter=selection, created_before=cutoff)
     db.session.rollback()
-    if dry_run or total == 0:
-        click.echo(f"{'Would purge' if dry_run else 'Purged'} {total} completions created before {when} ({days} days ago).")
+    if dry_run:
+        click.echo(f"Would purge {total} completions created before {when} ({days} days ago).")
         return
     if not yes:
         _confirm_or_refuse(f"Purge {total} completions created before {when} ({days} days ago)? This cannot be undone.")
     # On SQLite a writer waiting for the lock sleeps and retries; pausing as long as a batch
     # took leaves it room to get in instead of meeting the purge's next batch every time.
     pause = db.engine.dialect.name == "sqlite"
-    purged = 0
-    with click.progressbar(length=total, label="Purging", file=sys.stderr) as bar:
+
+    def in_batches(step: Callable[[Session], int], progress: Callable[[int], Any]) -> int:
+        done = 0
         while True:
             started = time.monotonic()
             with write_transaction() as session:
-                ids = store.purge_batch(session, filter=selection, created_before=cutoff, limit=PURGE_BATCH)
-            purged += len(ids)
-            bar.update(len(ids))
-            if len(ids) < PURGE_BATCH:
-                break
+                count = step(session)
+            done += count
+            progress(count)
+            if count < PURGE_BATCH:
+                return done
             if pause:
                 time.sleep(max(0.01, time.monotonic() - started))
+
+    with click.progressbar(length=total, label="Purging", file=sys.stderr) as bar:
+        purged = in_batches(
+            lambda session: len(store.purge_batch(session, filter=selection, created_before=cutoff, limit=PURGE_BATCH)), bar.update
+        )
     click.echo(f"Purged {purged} completions created before {when} ({days} days ago).")
+    if not selection.metadata:
+        # Completions deleted earlier left their history of metadata values: that goes too.
+        cleared = in_batches(
+            lambda session: store.purge_deleted_history_batch(session, model=selection.model, created_before=cutoff, limit=PURGE_BATCH),
+            lambda _count: None,
+        )
+        if cleared:
+            click.echo(f"Removed the history of {cleared} completions deleted earlier.")
 
 
 def _sqlite_path() -> Path | None:

@@ -42,7 +42,7 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
-from .retention import count_purgeable, purge_batch
+from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
 from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
 from .sources import get_sync_source, save_sync_position, stored_messages
 from .users import (
@@ -97,6 +97,7 @@ __all__ = [
     "message_objects",
     "metadata_history",
     "purge_batch",
+    "purge_deleted_history_batch",
     "record_sign_in",
     "revoke_api_key",
     "save_completion",

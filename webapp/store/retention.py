@@ -52,3 +52,22 @@ def purge_batch(session: Session, *, filter: Filter, created_before: int, limit:
     session.execute(delete(CompletionMetadata).where(CompletionMetadata.completion_seq.in_(seqs)))
     session.execute(delete(MetadataChange).where(MetadataChange.completion_id.in_(ids)))
     return ids
+
+
+def purge_deleted_history_batch(session: Session, *, model: str | None, created_before: int, limit: int) -> int:
+    """Delete the history of up to ``limit`` completions deleted earlier (tombstones) created before
+    ``created_before`` (of ``model`` when given): the metadata values it recorded are content too.
+
+    Returns how many completions' history went (fewer than ``limit``: none is left).
+    """
+    tombstones = (
+        select(Completion.id)
+        .where(Completion.deleted.is_(True), Completion.created < created_before)
+        .where(select(MetadataChange.id).where(MetadataChange.completion_id == Completion.id).exists())
+    )
+    if model is not None:
+        tombstones = tombstones.where(Completion.model == model)
+    ids = list(session.scalars(tombstones.limit(limit)))
+    if ids:
+        session.execute(delete(MetadataChange).where(MetadataChange.completion_id.in_(ids)))
+    return len(ids)
