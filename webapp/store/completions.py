@@ -222,10 +222,16 @@ def update_metadata(
 def tombstone_values() -> dict[str, Any]:
     """Return the column values that turn a completion into a content-free tombstone.
 
-    The one place that says what a deleted (or purged) completion keeps: its id, created,
-    model and seq, so that a cursor naming it still knows where it stood; nothing of its content.
+    The one place that says what a deleted (or purged) completion keeps: what a row cannot
+    be without (id, created, model, seq: its place in the order, so that a cursor naming it
+    still works). Every nullable column :func:`completion_values` fills (body, messages,
+    metadata, and whatever derived text a later column holds) is cleared, so a column added
+    there is cleared here without anyone having to remember it.
     """
-    return {"deleted": True, "body": None, "messages": None, "metadata_map": None}
+    sample = completion_values(body={"id": "-", "created": 0, "model": "-"}, messages=[], metadata={})
+    columns = Completion.__mapper__.columns
+    cleared = {name: None for name in sample if columns[name].nullable}
+    return {**cleared, "deleted": True}
 
 
 def delete_completion(session: Session, *, completion_id: str) -> None:
