@@ -200,6 +200,8 @@ BAD_LINES = [
     (json.dumps({**completion_body("x"), "id": ""}), "Invalid 'id'"),
     (json.dumps({**completion_body("x"), "id": "i" * 256}), "Invalid 'id'"),
     (json.dumps({**completion_body("x"), "id": "nul\x00id"}), "Invalid 'id'"),
+    (json.dumps({**completion_body("x"), "id": "imp/messages"}), "Invalid 'id': an id must not contain '/'"),
+    (json.dumps({**completion_body("x"), "id": "has space"}), "Invalid 'id': an id must not contain whitespace"),
     (json.dumps(completion_body("meta", metadata={"k" * 65: "v"})), "Invalid 'metadata."),
     (json.dumps({**completion_body("x"), "messages": "hi"}), "Invalid type for 'messages'"),
     # Valid JSON the validation lets through but no database column can hold: refused by the
@@ -212,7 +214,7 @@ def test_a_large_import_in_batches_names_every_bad_line_and_lands_every_good_one
     from webapp.cli.data import IMPORT_BATCH
 
     total = IMPORT_BATCH * 2 + 500
-    bad_at = {37: 0, 999: 1, 1000: 2, 1001: 3, 1500: 4, 2001: 5, 2400: 6}  # line index -> BAD_LINES row
+    bad_at = {37: 0, 999: 1, 1000: 2, 1001: 3, 1200: 4, 1300: 5, 1500: 6, 2001: 7, 2400: 8}  # line index -> BAD_LINES row
     lines = [
         BAD_LINES[bad_at[i]][0] if i in bad_at else json.dumps(completion_body(f"big-{i:05d}", created=1_700_000_000 + i, metadata={"i": str(i)}))
         for i in range(total)
