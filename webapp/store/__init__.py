@@ -3,6 +3,9 @@
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
 - ``completions``: look up, list, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
+- ``imports``: upserting many completions in one batch of statements (import, sync);
+- ``retention``: purging old completions in short batches;
+- ``sources``: where ``sync`` stands with each store it mirrors;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
@@ -33,8 +36,10 @@ from .completions import (
     release_reservation,
     reserve_completion_id,
     save_completion,
+    tombstone_values,
     update_metadata,
 )
+from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -44,7 +49,9 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
-from .shapes import build_completion_body, completion_object, etag, message_objects, version_etag
+from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
+from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
+from .sources import get_sync_source, save_sync_position, stored_messages
 from .users import (
     SignInLocked,
     check_password,
@@ -59,12 +66,15 @@ from .users import (
 )
 
 __all__ = [
+    "BatchOutcome",
     "BulkResult",
     "CompletionNotFound",
     "IdsExhausted",
+    "IncomingCompletion",
     "NameTaken",
     "Page",
     "PreconditionFailed",
+    "ROW_REFUSALS",
     "Reservation",
     "SignInLocked",
     "authenticate_api_key",
@@ -74,6 +84,7 @@ __all__ = [
     "completion_values",
     "count_api_keys",
     "count_completions",
+    "count_purgeable",
     "count_users",
     "create_api_key",
     "create_completion",
@@ -85,7 +96,9 @@ __all__ = [
     "fill_reservation",
     "get_completion",
     "get_metadata_change",
+    "get_sync_source",
     "hash_secret",
+    "input_message",
     "iter_completions",
     "key_needs_touch",
     "list_api_keys",
@@ -95,15 +108,21 @@ __all__ = [
     "message_objects",
     "metadata_history",
     "mint_completion_id",
+    "purge_batch",
+    "purge_deleted_history_batch",
     "record_sign_in",
     "release_reservation",
     "reserve_completion_id",
     "revoke_api_key",
     "save_completion",
+    "save_sync_position",
     "set_metadata_key",
     "start_user_session",
+    "stored_messages",
+    "tombstone_values",
     "touch_api_key",
     "update_metadata",
+    "upsert_completions",
     "user_for_session",
     "verify_sign_in",
     "version_etag",
