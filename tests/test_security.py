@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import runpy
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -15,7 +22,7 @@ from webapp.extensions import db
 from webapp.models import ApiKey, User
 
 from .admin_fixtures import PASSWORD, USERNAME, csrf_token, make_user, sign_in
-from .conftest import TEST_SECRET_KEY, completion_body, make_key, seed, start_gunicorn, stop_server
+from .conftest import ROOT, TEST_SECRET_KEY, completion_body, make_key, seed, start_gunicorn, stop_server
 
 
 def session_cookie(response) -> str:  # type: ignore[no-untyped-def]
@@ -108,3 +115,65 @@ def test_a_key_revoked_elsewhere_stops_working_within_the_cache_time(live_server
             time.sleep(0.05)
         for _ in range(4):
             assert http.get("/chat/completions").status_code == 401
+
+
+# --- Data at rest and serving -------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, whatever the test runner's is."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_instance_folder_is_private(umask_022: None) -> None:
+    app = create_app({"DATABASE_URL": "sqlite://", "SECRET_KEY": TEST_SECRET_KEY})
+    assert mode(Path(app.instance_path)) == 0o700
+
+
+def test_the_database_files_are_private_after_db_upgrade(umask_022: None, tmp_path: Path) -> None:
+    """``flask db upgrade`` under umask 022 makes the folder 0700 and the database, -wal and -shm 0600."""
+    path = tmp_path / "data" / "completions.db"
+    url = f"sqlite:///{path}"
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", "db", "upgrade"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "SECRET_KEY": TEST_SECRET_KEY}, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert mode(path.parent) == 0o700 and mode(path) == 0o600
+    # A server holding the database open in WAL mode: its -wal and -shm files are private too.
+    served = create_app({"DATABASE_URL": url, "SECRET_KEY": TEST_SECRET_KEY})
+    with served.app_context():
+        make_key(name="wal")
+        connection = db.engine.connect()
+        try:
+            connection.execute(sa.text("SELECT count(*) FROM api_keys"))
+            wal, shm = path.with_name("completions.db-wal"), path.with_name("completions.db-shm")
+            assert wal.exists() and shm.exists()
+            assert (mode(wal), mode(shm)) == (0o600, 0o600)
+        finally:
+            connection.close()
+            db.engine.dispose()
+
+
+def test_files_an_older_version_left_readable_are_tightened(umask_022: None, tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    path.touch(mode=0o644)
+    path.with_name("old.db-wal").touch(mode=0o644)
+    create_app({"DATABASE_URL": f"sqlite:///{path}", "SECRET_KEY": TEST_SECRET_KEY})
+    assert mode(path) == 0o600 and mode(path.with_name("old.db-wal")) == 0o600
+
+
+@pytest.mark.parametrize("bind, expected", [(None, "127.0.0.1:8000"), ("0.0.0.0:9000", "0.0.0.0:9000")])
+def test_gunicorn_listens_on_this_machine_only_unless_told(monkeypatch: pytest.MonkeyPatch, bind: str | None, expected: str) -> None:
+    if bind is None:
+        monkeypatch.delenv("BIND", raising=False)
+    else:
+        monkeypatch.setenv("BIND", bind)
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["bind"] == expected
