@@ -138,15 +138,15 @@ def test_the_instance_folder_is_private(umask_022: None) -> None:
 
 
 def test_the_database_files_are_private_after_db_upgrade(umask_022: None, tmp_path: Path) -> None:
-    """``flask db upgrade`` under umask 022 makes the folder 0700 and the database, -wal and -shm 0600."""
-    path = tmp_path / "data" / "completions.db"
+    """``flask db upgrade`` under umask 022 makes the database, its -wal and -shm 0600."""
+    path = tmp_path / "completions.db"
     url = f"sqlite:///{path}"
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "webapp", "db", "upgrade"],
         cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "SECRET_KEY": TEST_SECRET_KEY}, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert mode(path.parent) == 0o700 and mode(path) == 0o600
+    assert mode(path) == 0o600
     # A server holding the database open in WAL mode: its -wal and -shm files are private too.
     served = create_app({"DATABASE_URL": url, "SECRET_KEY": TEST_SECRET_KEY})
     with served.app_context():

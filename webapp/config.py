@@ -57,8 +57,8 @@ def private_sqlite_files(url: str) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database)
-    if not path.parent.exists():
-        private_folder(path.parent)
+    if not path.parent.is_dir():  # SQLite will say it cannot open the database; nothing to protect
+        return
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if name.exists():

@@ -15,6 +15,9 @@ from typing import Any, Literal
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512
+# The largest body a metadata update may send: 16 pairs of 64 + 512 characters, each character
+# at most 6 bytes (UTF-8, or a \uXXXX escape), with quotes and commas, is under 56 KiB.
+MAX_UPDATE_BODY_BYTES = 64 * 1024
 MAX_API_KEY_NAME_LENGTH = 100
 DEFAULT_LIMIT = 20
 MIN_LIMIT = 1
