@@ -6,7 +6,9 @@ import os
 import runpy
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from webapp.extensions import db
 from webapp.models import ApiKey, User
 
 from .admin_fixtures import PASSWORD, USERNAME, csrf_token, make_user, sign_in
-from .conftest import ROOT, TEST_SECRET_KEY, completion_body, make_key, seed, start_gunicorn, stop_server
+from webapp.store import MAX_SIGN_IN_ATTEMPTS
+
+from .conftest import ROOT, TEST_SECRET_KEY, LiveServer, completion_body, make_key, seed, start_gunicorn, stop_server
 
 
 def session_cookie(response) -> str:  # type: ignore[no-untyped-def]
@@ -115,6 +119,66 @@ def test_a_key_revoked_elsewhere_stops_working_within_the_cache_time(live_server
             time.sleep(0.05)
         for _ in range(4):
             assert http.get("/chat/completions").status_code == 401
+
+
+# --- Sign-in throttle, through live gunicorn behind a (pretend) trusted proxy ------------------
+
+
+@pytest.fixture(scope="module")
+def _proxied_server(database_url: str) -> Iterator[LiveServer]:
+    server = start_gunicorn({"DATABASE_URL": database_url, "TRUSTED_PROXIES": "1"}, workers=2, threads=8)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def proxied_server(app: Flask, _proxied_server: LiveServer) -> LiveServer:
+    """gunicorn (2 workers, 8 threads each: 16 requests at once) with TRUSTED_PROXIES=1, over the emptied database."""
+    return _proxied_server
+
+
+class Browser:
+    """A browser behind the proxy, at client address ``address``: it has loaded the sign-in form."""
+
+    def __init__(self, server: LiveServer, address: str) -> None:
+        self.http = httpx.Client(base_url=server.url, headers={"X-Forwarded-For": address}, timeout=30)
+        self.token = csrf_token(self.http.get("/login").text)
+
+    def sign_in(self, username: str, password: str) -> httpx.Response:
+        return self.http.post("/login", data={"username": username, "password": password, "csrf_token": self.token})
+
+
+def outcome(response: httpx.Response) -> str:
+    """Return what a sign-in answer says: signed in, checked and wrong, or throttled."""
+    if response.status_code == 303:
+        return "signed in"
+    if response.status_code == 200 and "Incorrect username or password." in response.text:
+        return "checked"
+    assert response.status_code == 429 and "Too many sign-in attempts." in response.text, response.status_code
+    return "throttled"
+
+
+def test_sixteen_concurrent_guesses_get_at_most_five_passwords_checked(proxied_server: LiveServer, user: str) -> None:
+    browsers = [Browser(proxied_server, "203.0.113.7") for _ in range(16)]
+    start = threading.Barrier(16)
+
+    def guess(n: int) -> str:
+        start.wait()
+        return outcome(browsers[n].sign_in(USERNAME, f"guess-{n}"))
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(guess, range(16)))
+    print(f"figures: 16 concurrent wrong sign-ins: {outcomes.count('checked')} checked, {outcomes.count('throttled')} throttled")
+    assert outcomes.count("checked") == MAX_SIGN_IN_ATTEMPTS
+    assert outcomes.count("throttled") == 16 - MAX_SIGN_IN_ATTEMPTS
+    assert outcome(browsers[0].sign_in(USERNAME, PASSWORD)) == "throttled", "from that address even the right password waits"
+
+
+def test_another_clients_guesses_do_not_lock_out_the_real_user(proxied_server: LiveServer, user: str) -> None:
+    attacker, owner = Browser(proxied_server, "203.0.113.7"), Browser(proxied_server, "198.51.100.2")
+    assert [outcome(attacker.sign_in(USERNAME, "guess")) for _ in range(8)] == ["checked"] * 5 + ["throttled"] * 3
+    assert outcome(owner.sign_in(USERNAME, PASSWORD)) == "signed in"
+    assert owner.http.get("/").status_code == 200
 
 
 # --- Data at rest and serving -------------------------------------------------------------

@@ -109,3 +109,31 @@ def test_the_same_filter_twice_is_fine_but_two_values_for_one_key_are_refused() 
     with pytest.raises(ValidationError) as info:
         validation.clean_metadata_filters(["team=red", "team=blue"])
     assert info.value.param == "metadata.team"
+
+
+@pytest.mark.parametrize(
+    "password, code",
+    [
+        ("eleven char", "password_too_short"),
+        ("", "password_too_short"),
+        ("Grace-Hopper-1906", "password_is_username"),
+        ("  grace-hopper-1906  ", "password_is_username"),
+        ("twelve chars\x00", "invalid_value"),
+        (None, "password_too_short"),
+    ],
+)
+def test_a_password_is_long_enough_and_not_the_username(password: object, code: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validation.clean_password(password, username="grace-hopper-1906", min_length=12)
+    assert (caught.value.param, caught.value.code) == ("password", code)
+
+
+def test_a_password_at_the_minimum_length_is_accepted() -> None:
+    assert validation.clean_password("twelve chars", username="ann", min_length=12) == "twelve chars"
+
+
+@pytest.mark.parametrize("name", ["", " ann", "ann ", "a" * 151, "tab\tname", "nul\x00", 7])
+def test_a_username_is_printable_and_trimmed(name: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validation.clean_username(name)
+    assert (caught.value.param, caught.value.code) == ("username", "invalid_value")

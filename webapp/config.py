@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,10 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "DATABASE_TIMEOUT": (float, 5.0),
     "TRUSTED_PROXIES": (int, 0),
     "API_KEY_CACHE_SECONDS": (float, 2.0),
+    "PASSWORD_MIN_LENGTH": (int, 12),
+    # Seconds without a request after which a signed-in session is over (beside
+    # PERMANENT_SESSION_LIFETIME, the most a session lasts however busy).
+    "SESSION_IDLE_TIMEOUT": (float, 3600.0),
 }
 
 
@@ -142,6 +147,8 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     """Fill in what is derived from other settings once every source has been read."""
     if not config.get("SECRET_KEY"):
         config["SECRET_KEY"] = _secret_key(instance_path)
+    if not isinstance(config["SESSION_IDLE_TIMEOUT"], timedelta):
+        config["SESSION_IDLE_TIMEOUT"] = timedelta(seconds=config["SESSION_IDLE_TIMEOUT"])
     url = normalize_database_url(config["DATABASE_URL"])
     config["DATABASE_URL"] = url
     config["SQLALCHEMY_DATABASE_URI"] = url

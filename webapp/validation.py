@@ -374,3 +374,42 @@ def clean_api_key_name(name: Any) -> str:
             "invalid_value",
         )
     return reject_nul(name, "name")
+
+
+# --- People ----------------------------------------------------------------------------------
+
+MAX_USERNAME_LENGTH = 150
+
+
+def clean_username(name: Any) -> str:
+    """Return a username: 1 to 150 printable characters, without surrounding spaces.
+
+    Raises ValidationError (param ``username``) otherwise.
+    """
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name != name.strip()
+        or len(name) > MAX_USERNAME_LENGTH
+        or not name.isprintable()
+    ):
+        raise ValidationError(
+            f"Invalid 'username': expected 1 to {MAX_USERNAME_LENGTH} printable characters, not starting or ending with a space.",
+            "username",
+            "invalid_value",
+        )
+    return name
+
+
+def clean_password(password: Any, *, username: str, min_length: int) -> str:
+    """Return ``password`` if it may be ``username``'s: at least ``min_length`` characters
+    (``PASSWORD_MIN_LENGTH``) and not the username itself, whatever its case or spaces.
+
+    Raises ValidationError (param ``password``) otherwise. The one password rule: the
+    command line and any form call it.
+    """
+    if not isinstance(password, str) or len(password) < min_length:
+        raise ValidationError(f"The password must be at least {min_length} characters long.", "password", "password_too_short")
+    if password.strip().casefold() == username.strip().casefold():
+        raise ValidationError("The password must not be the username.", "password", "password_is_username")
+    return reject_nul(password, "password")

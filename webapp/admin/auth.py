@@ -6,7 +6,6 @@ its hash. Signing out deletes that row, so a copy of the old cookie signs nobody
 
 from __future__ import annotations
 
-from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Response, current_app, g, redirect, request, session, url_for
@@ -19,9 +18,6 @@ from . import bp
 SESSION_KEY = "sid"
 # Endpoints a signed-out visitor may reach.
 PUBLIC_ENDPOINTS = frozenset({"admin.login"})
-# After this many wrong passwords in a row a username is locked for LOCK_FOR.
-MAX_FAILED_SIGN_INS = 5
-LOCK_FOR = timedelta(minutes=15)
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -58,23 +54,44 @@ def safe_next(target: str | None) -> str | None:
     return target if not parts.scheme and not parts.netloc else None
 
 
-def sign_in(user: User) -> None:
-    """Start a new session for ``user``: a fresh token, the old cookie's contents dropped."""
-    max_age = current_app.permanent_session_lifetime
+def client_address() -> str:
+    """Return the address of the client: the peer's, or with ``TRUSTED_PROXIES`` the one the
+    trusted proxy saw (ProxyFix has put it in ``remote_addr``; a client cannot forge it)."""
+    return request.remote_addr or "unknown"
+
+
+def count_sign_in_attempt(username: str) -> store.SignInAttempt:
+    """Count a sign-in attempt for ``username`` from this client, in its own committed transaction,
+    before any password is checked."""
     with write_transaction() as tx:
-        store.end_expired_user_sessions(tx, user_id=user.id, max_age=max_age)
+        return store.count_sign_in_attempt(tx, username=username, address=client_address())
+
+
+def sign_in(user: User) -> None:
+    """Start a new session for ``user``: a fresh token, the old cookie's contents dropped, this
+    client's counted attempts for the name forgotten."""
+    with write_transaction() as tx:
+        store.forget_sign_in_attempts(tx, username=user.username, address=client_address())
+        store.end_expired_user_sessions(
+            tx, user_id=user.id, max_age=current_app.permanent_session_lifetime, idle_timeout=current_app.config["SESSION_IDLE_TIMEOUT"]
+        )
         token = store.start_user_session(tx, user_id=user.id)
     forget_session()
     session.permanent = True
     session[SESSION_KEY] = token
 
 
-def sign_out() -> None:
-    """End this browser's session everywhere it may have been copied."""
+def sign_out(*, everywhere: bool = False) -> None:
+    """End this browser's session everywhere it may have been copied; with ``everywhere``,
+    every session of the signed-in user (other browsers, other devices) too."""
     token = session.get(SESSION_KEY)
+    user = current_user()
     if token:
         with write_transaction() as tx:
-            store.end_user_session(tx, token=token)
+            if everywhere and user is not None:
+                store.end_user_sessions(tx, user_id=user.id)
+            else:
+                store.end_user_session(tx, token=token)
     forget_session()
 
 
@@ -90,7 +107,13 @@ def load_user() -> Response | None:
     token = session.get(SESSION_KEY)
     user = None
     if isinstance(token, str):
-        user = store.user_for_session(db.session, token=token, max_age=current_app.permanent_session_lifetime)
+        found = store.user_for_session(
+            db.session, token=token, max_age=current_app.permanent_session_lifetime, idle_timeout=current_app.config["SESSION_IDLE_TIMEOUT"]
+        )
+        if found is not None and found.needs_touch():
+            with write_transaction() as tx:
+                store.touch_user_session(tx, token=token)
+        user = found.user if found is not None else None
     g.user = user
     if user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         back = request.full_path.rstrip("?") if request.method == "GET" else None
