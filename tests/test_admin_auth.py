@@ -16,8 +16,8 @@ from webapp.extensions import db
 from webapp.models import SignInAttempts, UserSession, utcnow
 from webapp.store import MAX_SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW
 
-from .admin_fixtures import PASSWORD, USERNAME, Admin, csrf_token, element, make_user, sign_in, text
-from .conftest import TEST_SECRET_KEY, completion_body, seed
+from .admin_helpers import PASSWORD, USERNAME, Admin, csrf_token, element, make_user, sign_in, text
+from .helpers import TEST_SECRET_KEY, completion_body, seed
 
 PAGES = ["/", "/?model=gpt-a&metadata=team%3Dred", "/completions/c1", "/delete/c1", "/keys", "/export?format=chat"]
 FORMS = ["/completions/c1", "/delete/c1", "/bulk", "/history/1/restore", "/keys", "/keys/revoke", "/logout"]

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -22,11 +22,10 @@ from sqlalchemy import select
 from webapp import create_app
 from webapp.extensions import db
 from webapp.models import ApiKey, User
-
-from .admin_fixtures import PASSWORD, USERNAME, csrf_token, make_user, sign_in
 from webapp.store import MAX_SIGN_IN_ATTEMPTS
 
-from .conftest import ROOT, TEST_SECRET_KEY, LiveServer, completion_body, make_key, seed, start_gunicorn, stop_server
+from .admin_helpers import PASSWORD, USERNAME, csrf_token, make_user, sign_in
+from .helpers import ROOT, TEST_SECRET_KEY, LiveServer, completion_body, make_key, seed, start_gunicorn, stop_server
 
 
 def session_cookie(response) -> str:  # type: ignore[no-untyped-def]

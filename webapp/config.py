@@ -60,7 +60,12 @@ def private_sqlite_files(url: str) -> None:
     path = Path(database)
     if not path.parent.is_dir():  # SQLite will say it cannot open the database; nothing to protect
         return
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    # O_EXCL: never open a database that exists. Closing any descriptor of a file drops every
+    # POSIX lock this process holds on it, and SQLite's locks are POSIX locks.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if name.exists():
             _drop_group_and_other(name)

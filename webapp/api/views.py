@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -11,6 +10,7 @@ from werkzeug.wsgi import get_input_stream
 from .. import store, validation
 from ..errors import body_too_large
 from ..extensions import db, write_transaction
+from ..models import Completion
 from . import bp
 from .auth import actor
 
@@ -51,12 +51,7 @@ def json_body(*, limit: int) -> Any:
 
     Raises APIError 413 when the body is longer (before parsing it), ValidationError if it is not JSON.
     """
-    try:
-        return json.loads(read_body(limit) or b"")
-    except (ValueError, RecursionError):
-        raise validation.ValidationError(
-            "We could not parse the JSON body of your request. The body must be a JSON object."
-        ) from None
+    return validation.parse_json(read_body(limit))
 
 
 def list_body(page: store.Page, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,7 +65,7 @@ def list_body(page: store.Page, items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def completion_response(row: store.Completion) -> Response:
+def completion_response(row: Completion) -> Response:
     """Return the completion object with its ETag."""
     response = jsonify(store.completion_object(row))
     response.headers["ETag"] = store.etag(row)
@@ -81,14 +76,14 @@ def _if_match() -> set[str] | None:
     """Return the ETags ``If-Match`` accepts, or None when any version will do."""
     if "If-Match" not in request.headers or request.if_match.star_tag:
         return None
-    return {f'"{tag}"' for tag in request.if_match.as_set()}
+    return {store.version_etag(tag) for tag in request.if_match.as_set()}
 
 
 @bp.get("/chat/completions")
 def list_completions() -> Response:
     """List stored completions: filters, cursor paging, one query per page."""
     query = validation.clean_list_query(request.args.items(multi=True))
-    page = store.list_completions(db.session, query=query)
+    page = store.list_completions(db.session, filter=query.filter, page=query.page)
     return jsonify(list_body(page, [store.completion_object(row) for row in page.rows]))
 
 

@@ -1,27 +1,20 @@
-"""The ``flask --app webapp ...`` commands: keys, users, import, export, bootstrap.
-
-``db upgrade`` comes from Flask-Migrate.
-"""
+"""The commands for access: API keys (``keys``), people (``users``) and the first of each (``bootstrap``)."""
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import current_app
 from flask.cli import AppGroup
 
-from . import store, validation
-from .api.auth import forget_api_keys, revocation_notice
-from .extensions import db, write_transaction
-
-IMPORT_BATCH = 200
+from .. import store, validation
+from ..extensions import db, write_transaction
+from ..keycache import forget_api_keys, revocation_notice
 
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys for /v1.")
 users_cli = AppGroup("users", help="Manage the people who sign in to the admin UI.")
@@ -208,98 +201,6 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def _lines_with_progress(stream: IO[bytes], total: int | None) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, raw line) while drawing a progress bar on stderr (bytes read, or lines when unsized)."""
-    if total is None:
-        with click.progressbar(enumerate(stream, start=1), label="Importing", file=sys.stderr, show_pos=True) as lines:
-            yield from lines
-        return
-    with click.progressbar(length=total, label="Importing", file=sys.stderr) as bar:
-        for number, raw in enumerate(stream, start=1):
-            yield number, raw
-            bar.update(len(raw))
-
-
-@click.command("import")
-@click.argument("file", type=click.File("rb"))
-def import_command(file: IO[bytes]) -> None:
-    """Import completions from JSONL in the export format (``-`` for stdin); upserts by id."""
-    try:
-        total: int | None = os.fstat(file.fileno()).st_size if file.seekable() else None
-    except (OSError, ValueError):
-        total = None
-    counts = {"new_or_changed": 0, "unchanged": 0}
-    bad: list[str] = []
-    session = db.session
-    pending = 0
-    for number, raw in _lines_with_progress(file, total):
-        if not raw.strip():
-            continue
-        try:
-            record = validation.clean_import_record(json.loads(raw))
-        except (ValueError, RecursionError, validation.ValidationError) as exc:
-            message = exc.message if isinstance(exc, validation.ValidationError) else f"not valid JSON ({exc})"
-            bad.append(f"line {number}: {message}")
-            continue
-        try:
-            with session.begin_nested():
-                _row, changed = store.save_completion(
-                    session,
-                    body=record,
-                    messages=record["messages"],
-                    metadata=record["metadata"],
-                    actor="import",
-                )
-        except Exception as exc:  # a line the database refuses is reported like a malformed one
-            bad.append(f"line {number}: the database refused it ({type(exc).__name__}: {exc})")
-            continue
-        counts["new_or_changed" if changed else "unchanged"] += 1
-        pending += 1
-        if pending >= IMPORT_BATCH:
-            session.commit()
-            pending = 0
-    session.commit()
-    for line in bad:
-        click.echo(line, err=True)
-    click.echo(
-        f"Imported {counts['new_or_changed'] + counts['unchanged']} completions "
-        f"({counts['new_or_changed']} new or changed, {counts['unchanged']} unchanged); {len(bad)} bad lines skipped."
-    )
-    if bad:
-        raise click.ClickException("Some lines were not imported: fix the lines named above and run the import again (it is safe to repeat).")
-
-
-@click.command("export")
-@click.option("--model", help="Only completions of this model.")
-@click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
-@click.option("--format", "fmt", type=click.Choice(["store", "chat"]), default="store", show_default=True)
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Default: stdout.")
-def export_command(model: str | None, metadata_filters: tuple[str, ...], fmt: str, output: IO[str]) -> None:
-    """Stream completions as JSONL: ``store`` round-trips through import, ``chat`` is for fine-tuning."""
-    try:
-        filters = validation.clean_metadata_filters(metadata_filters)
-    except validation.ValidationError as exc:
-        raise click.BadParameter(exc.message, param_hint="--metadata") from None
-    lines = export_lines(db.session, model=model, metadata=filters, fmt=fmt)
-    if output.name == "<stdout>":
-        # stdout is the data: no progress bar to mix into it.
-        for line in lines:
-            output.write(line)
-        return
-    count = store.count_completions(db.session, model=model, metadata=filters)
-    with click.progressbar(lines, length=count, label="Exporting", file=sys.stderr) as bar:
-        for line in bar:
-            output.write(line)
-    click.echo(f"Exported {count} completions to {output.name}.", err=True)
-
-
-def export_lines(session: Any, *, model: str | None, metadata: dict[str, str], fmt: str) -> Iterator[str]:
-    """Yield the JSONL lines of an export, one completion at a time (shared with the admin download)."""
-    to_record = store.export_record if fmt == "store" else store.chat_record
-    for row in store.iter_completions(session, model=model, metadata=metadata):
-        yield json.dumps(to_record(row), ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
 @click.command("bootstrap")
 def bootstrap_command() -> None:
     """Create a first admin user and API key when there are none, printing their secrets once."""
@@ -316,12 +217,3 @@ def bootstrap_command() -> None:
         click.echo(line)
     if created:
         click.echo("Keep these now: they are shown only once. `flask --app webapp users create` and `keys create` make more.")
-
-
-def register_commands(app: Flask) -> None:
-    """Attach every command to the app's ``flask`` CLI."""
-    app.cli.add_command(keys_cli)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(import_command)
-    app.cli.add_command(export_command)
-    app.cli.add_command(bootstrap_command)
