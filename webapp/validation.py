@@ -434,31 +434,17 @@ MAX_USERNAME_LENGTH = 150
 
 
 def clean_username(name: Any) -> str:
-    """Return a username: 1 to 150 printable characters, without surrounding spaces.
-
-    Raises ValidationError (param ``username``) otherwise.
-    """
-    if (
-        not isinstance(name, str)
-        or not name.strip()
-        or name != name.strip()
-        or len(name) > MAX_USERNAME_LENGTH
-        or not name.isprintable()
-    ):
-        raise ValidationError(
-            f"Invalid 'username': expected 1 to {MAX_USERNAME_LENGTH} printable characters, not starting or ending with a space.",
-            "username",
-            "invalid_value",
-        )
+    """Return a username: 1 to 150 printable characters, without surrounding spaces; raise ValidationError otherwise."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or len(name) > MAX_USERNAME_LENGTH or not name.isprintable():
+        message = f"Invalid 'username': expected 1 to {MAX_USERNAME_LENGTH} printable characters, not starting or ending with a space."
+        raise ValidationError(message, "username", "invalid_value")
     return name
 
 
 def clean_password(password: Any, *, username: str, min_length: int) -> str:
     """Return ``password`` if it may be ``username``'s: at least ``min_length`` characters
-    (``PASSWORD_MIN_LENGTH``) and not the username itself, whatever its case or spaces.
-
-    Raises ValidationError (param ``password``) otherwise. The one password rule: the
-    command line and any form call it.
+    (``PASSWORD_MIN_LENGTH``) and not the username, whatever its case or spaces; raise
+    ValidationError otherwise. The one password rule: the command line and any form call it.
     """
     if not isinstance(password, str) or len(password) < min_length:
         raise ValidationError(f"The password must be at least {min_length} characters long.", "password", "password_too_short")
