@@ -6,6 +6,7 @@ its hash. Signing out deletes that row, so a copy of the old cookie signs nobody
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from flask import Response, current_app, g, redirect, request, session, url_for
@@ -14,6 +15,8 @@ from .. import store
 from ..extensions import db, write_transaction
 from ..models import User
 from . import bp
+
+log = logging.getLogger(__name__)
 
 SESSION_KEY = "sid"
 # Endpoints a signed-out visitor may reach.
@@ -63,8 +66,14 @@ def client_address() -> str:
 def count_sign_in_attempt(username: str) -> store.SignInAttempt:
     """Count a sign-in attempt for ``username`` from this client, in its own committed transaction,
     before any password is checked."""
+    address = client_address()
     with write_transaction() as tx:
-        return store.count_sign_in_attempt(tx, username=username, address=client_address())
+        attempt = store.count_sign_in_attempt(tx, username=username, address=address)
+    if attempt.number == store.MAX_SIGN_IN_ATTEMPTS + 1:
+        # Once a window, for the operator (`users unlock` ends it). Not the username: people
+        # type their password into it.
+        log.warning("sign-in throttled: more than %d attempts for one username from %s", store.MAX_SIGN_IN_ATTEMPTS, address)
+    return attempt
 
 
 def sign_in(user: User) -> None:
