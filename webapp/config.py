@@ -115,6 +115,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "DATABASE_TIMEOUT": (float, 5.0),
     "TRUSTED_PROXIES": (int, 0),
     "API_KEY_CACHE_SECONDS": (float, 2.0),
+    # Days a completion is kept: the default of `flask purge --older-than` (None: purge needs the option).
+    "RETENTION_DAYS": (int, None),
     "PASSWORD_MIN_LENGTH": (int, 12),
     # Seconds without a request after which a signed-in session is over (beside
     # PERMANENT_SESSION_LIFETIME, the most a session lasts however busy).

@@ -3,6 +3,9 @@
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
 - ``completions``: look up, list, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
+- ``imports``: upserting many completions in one batch of statements (import, sync);
+- ``retention``: purging old completions in short batches;
+- ``sources``: where ``sync`` stands with each store it mirrors;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
@@ -26,8 +29,10 @@ from .completions import (
     list_models,
     metadata_history,
     save_completion,
+    tombstone_values,
     update_metadata,
 )
+from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -37,7 +42,9 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
-from .shapes import build_completion_body, completion_object, etag, message_objects, version_etag
+from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
+from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
+from .sources import get_sync_source, save_sync_position, stored_messages
 from .users import (
     MAX_SIGN_IN_ATTEMPTS,
     SIGN_IN_WINDOW,
@@ -64,12 +71,15 @@ from .users import (
 )
 
 __all__ = [
+    "BatchOutcome",
     "BulkResult",
     "CompletionNotFound",
+    "IncomingCompletion",
     "MAX_SIGN_IN_ATTEMPTS",
     "NameTaken",
     "Page",
     "PreconditionFailed",
+    "ROW_REFUSALS",
     "SIGN_IN_WINDOW",
     "SignInAttempt",
     "SignedIn",
@@ -82,6 +92,7 @@ __all__ = [
     "completion_values",
     "count_api_keys",
     "count_completions",
+    "count_purgeable",
     "count_sign_in_attempt",
     "count_users",
     "create_api_key",
@@ -95,8 +106,10 @@ __all__ = [
     "forget_sign_in_attempts",
     "get_completion",
     "get_metadata_change",
+    "get_sync_source",
     "get_user",
     "hash_secret",
+    "input_message",
     "iter_completions",
     "key_needs_touch",
     "list_api_keys",
@@ -106,14 +119,20 @@ __all__ = [
     "list_users",
     "message_objects",
     "metadata_history",
+    "purge_batch",
+    "purge_deleted_history_batch",
     "revoke_api_key",
     "save_completion",
+    "save_sync_position",
     "set_metadata_key",
     "set_password",
     "start_user_session",
+    "stored_messages",
+    "tombstone_values",
     "touch_api_key",
     "touch_user_session",
     "update_metadata",
+    "upsert_completions",
     "user_for_session",
     "verify_sign_in",
     "version_etag",
