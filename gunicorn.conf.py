@@ -6,7 +6,9 @@ process serves ``threads`` requests at once. Override any of these on the comman
 
 import os
 
-bind = os.environ.get("BIND", "0.0.0.0:8000")
+# Only this machine by default: gunicorn is not built to face the internet (slow clients tie up
+# its threads), so a proxy such as nginx fronts it (README, "Behind nginx"). BIND changes it.
+bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))

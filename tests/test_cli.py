@@ -15,6 +15,7 @@ from webapp.validation import Filter
 from webapp.extensions import db
 from webapp.models import ApiKey, Completion, MetadataChange, User
 
+from .admin_helpers import PASSWORD, USERNAME, make_user, sign_in
 from .cases import BAD_IDS
 from .helpers import completion_body, seed
 
@@ -46,19 +47,131 @@ def test_keys_create_twice_is_refused(runner) -> None:
     assert result.exit_code != 0 and "exists already" in result.output
 
 
+@pytest.mark.parametrize(
+    "seconds, said",
+    [(2.0, "requests using it get 401 within 2 s (each server process remembers a key for API_KEY_CACHE_SECONDS)."), (0, "requests using it now get 401.")],
+)
+def test_keys_revoke_says_when_every_server_refuses_it(app, database_url: str, seconds: float, said: str) -> None:
+    from webapp import create_app
+
+    from .helpers import TEST_SECRET_KEY
+
+    configured = create_app({"DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET_KEY, "API_KEY_CACHE_SECONDS": seconds})
+    runner = configured.test_cli_runner()
+    with configured.app_context():  # the commands run in the app context already pushed
+        assert runner.invoke(args=["keys", "create", "old"]).exit_code == 0
+        result = runner.invoke(args=["keys", "revoke", "old"])
+    assert result.exit_code == 0 and f"Revoked API key 'old': {said}" in result.output
+
+
 def test_keys_revoke_unknown_tells_what_to_do(runner) -> None:
     result = runner.invoke(args=["keys", "revoke", "ghost"])
     assert result.exit_code != 0 and "keys list" in result.output
 
 
-def test_users_create_with_password_and_prompt(runner) -> None:
-    assert runner.invoke(args=["users", "create", "ann", "--password", "pw-1"]).exit_code == 0
-    result = runner.invoke(args=["users", "create", "bob"], input="pw-2\npw-2\n")
+def users(runner, *args: str, input: str | None = None) -> Result:  # type: ignore[no-untyped-def]
+    """Run ``flask users ARGS...``."""
+    return runner.invoke(args=["users", *args], input=input)
+
+
+def password_of(username: str, password: str) -> bool:
+    db.session.rollback()
+    return store.check_password(store.get_user(db.session, username=username), password)
+
+
+def test_users_create_takes_the_password_from_an_option_stdin_or_a_hidden_prompt(runner) -> None:
+    assert users(runner, "create", "ann", "--password", "pw-1 long enough").exit_code == 0
+    assert users(runner, "create", "bob", "--password-stdin", input="pw-2 long enough\n").exit_code == 0
+    prompted = users(runner, "create", "cy", input="pw-3 long enough\npw-3 long enough\n")
+    assert prompted.exit_code == 0 and "pw-3" not in prompted.output
+    assert "Password (at least 12 characters)" in prompted.output
+    assert password_of("ann", "pw-1 long enough") and password_of("bob", "pw-2 long enough") and password_of("cy", "pw-3 long enough")
+    assert "pw-1" not in store.get_user(db.session, username="ann").password_hash
+
+
+@pytest.mark.parametrize(
+    "username, password, message",
+    [
+        ("ann", "short", "The password must be at least 12 characters long."),
+        ("annabel-lee-1849", "Annabel-Lee-1849 ", "The password must not be the username."),
+        (" ann", "a long enough password", "Invalid 'username': expected 1 to 150 printable characters"),
+    ],
+)
+@pytest.mark.parametrize("how", ["option", "stdin"])
+def test_users_create_refuses_a_weak_password_or_a_bad_name(runner, username: str, password: str, message: str, how: str) -> None:
+    args = ["--password", password] if how == "option" else ["--password-stdin"]
+    result = users(runner, "create", username, *args, input=password + "\n" if how == "stdin" else None)
+    assert result.exit_code == 2 and message in result.output
+    assert store.count_users(db.session) == 0
+
+
+def test_the_prompt_asks_again_until_the_password_is_acceptable(runner) -> None:
+    result = users(runner, "create", "ann", input="short\na long enough password\na long enough password\n")
     assert result.exit_code == 0, result.output
-    assert "pw-2" not in result.output
-    users = {u.username: u for u in db.session.scalars(select(User))}
-    assert store.check_password(users["ann"], "pw-1") and store.check_password(users["bob"], "pw-2")
-    assert "pw-1" not in users["ann"].password_hash
+    assert "The password must be at least 12 characters long." in result.output
+    assert password_of("ann", "a long enough password")
+
+
+def test_users_passwd_sets_a_new_password_and_ends_every_session(runner, app, client, user) -> None:
+    assert sign_in(client).status_code == 303
+    result = users(runner, "passwd", USERNAME, "--password-stdin", input="a brand new password\n")
+    assert result.exit_code == 0 and f"Changed the password of '{USERNAME}'; 1 session ended." in result.output
+    assert client.get("/").status_code == 302, "signed out"
+    assert password_of(USERNAME, "a brand new password") and not password_of(USERNAME, PASSWORD)
+    prompted = users(runner, "passwd", USERNAME, input="another new password\nanother new password\n")
+    assert prompted.exit_code == 0 and password_of(USERNAME, "another new password")
+
+
+def test_users_unlock_lets_a_throttled_name_sign_in_at_once(runner, client, user) -> None:
+    for _ in range(store.MAX_SIGN_IN_ATTEMPTS):
+        sign_in(client, USERNAME, "guess")
+    assert sign_in(client).status_code == 429
+    result = users(runner, "unlock", USERNAME)
+    assert result.exit_code == 0 and f"Cleared the sign-in attempts for '{USERNAME}' from 1 address." in result.output
+    assert sign_in(client).status_code == 303
+
+
+def test_users_list_shows_live_sessions_and_throttled_addresses(runner, client, user) -> None:
+    make_user("bob", "bob's long password")
+    assert sign_in(client).status_code == 303
+    for _ in range(store.MAX_SIGN_IN_ATTEMPTS):
+        sign_in(client, "bob", "guess")
+    lines = [line.split() for line in users(runner, "list").output.splitlines()]
+    assert lines[0] == ["USERNAME", "CREATED", "SESSIONS", "THROTTLED", "ADDRESSES"]
+    assert [(row[0], row[-2], row[-1]) for row in lines[1:]] == [(USERNAME, "1", "0"), ("bob", "0", "1")]
+
+
+def test_users_list_without_users_says_how_to_make_one(runner) -> None:
+    assert "flask --app webapp users create NAME" in users(runner, "list").output
+
+
+def test_users_sign_out_ends_every_session_of_that_user(runner, app, client, user) -> None:
+    assert sign_in(client).status_code == 303
+    with app.app_context():  # a second browser (its own context, as in a server)
+        other = app.test_client()
+        assert sign_in(other).status_code == 303
+    result = users(runner, "sign-out", USERNAME)
+    assert result.exit_code == 0 and f"Signed '{USERNAME}' out everywhere; 2 sessions ended." in result.output
+    assert client.get("/").status_code == 302 and other.get("/").status_code == 302
+
+
+def test_users_delete_asks_then_ends_the_sessions(runner, client, user) -> None:
+    assert sign_in(client).status_code == 303
+    kept = users(runner, "delete", USERNAME, input="n\n")
+    assert kept.exit_code == 1 and client.get("/").status_code == 200
+    result = users(runner, "delete", USERNAME, input="y\n")
+    assert result.exit_code == 0 and f"Deleted user '{USERNAME}'; their sessions ended." in result.output
+    assert client.get("/").status_code == 302
+    assert store.count_users(db.session) == 0
+    assert users(runner, "create", USERNAME, "--password", PASSWORD).exit_code == 0, "the name is free again"
+
+
+@pytest.mark.parametrize(
+    "command", [["passwd", "ghost", "--password", "a long enough password"], ["unlock", "ghost"], ["sign-out", "ghost"], ["delete", "ghost", "--yes"]]
+)
+def test_users_commands_name_an_unknown_user(runner, command: list[str]) -> None:
+    result = users(runner, *command)
+    assert result.exit_code == 1 and "No user named 'ghost'." in result.output
 
 
 def test_bootstrap_creates_once(runner) -> None:

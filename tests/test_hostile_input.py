@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from flask.testing import FlaskClient
@@ -98,3 +103,87 @@ def test_nul_characters_never_reach_the_database_as_text(client: FlaskClient, au
     assert client.post("/v1/chat/completions/c1", json={"metadata": {"k": "a\x00b"}}, headers=auth).status_code == 400
     # Inside stored JSON a NUL is kept as written.
     assert client.get("/v1/chat/completions/c1/messages", headers=auth).get_json()["data"][0]["content"] == "a\x00b"
+
+
+# --- Body limits: each route's, checked before parsing ----------------------------------------
+
+UPDATE_LIMIT = 64 * 1024
+TOO_LARGE = f"Request body too large: the limit is {UPDATE_LIMIT} bytes."
+
+
+def padded_update(size: int) -> bytes:
+    """A valid metadata update padded with spaces to exactly ``size`` bytes."""
+    body = b'{"metadata": {"label": "good"}}'
+    return body + b" " * (size - len(body))
+
+
+def nested_lists(size: int) -> bytes:
+    """``size`` bytes of a list of empty lists: the body that inflates a JSON parser most (~20x)."""
+    count = (size - 2) // 3
+    return (b"[" + b"[]," * count + b"[]]").ljust(size)
+
+
+def test_an_update_body_up_to_64_kib_is_read(client: FlaskClient, auth: dict) -> None:
+    seed(completion_body("c1"))
+    response = client.post("/v1/chat/completions/c1", data=padded_update(UPDATE_LIMIT), headers=auth, content_type="application/json")
+    assert response.status_code == 200 and response.get_json()["metadata"] == {"label": "good"}
+
+
+@pytest.mark.parametrize("body", [padded_update(UPDATE_LIMIT + 1), nested_lists(UPDATE_LIMIT + 1), nested_lists(1024 * 1024)])
+def test_an_update_body_over_64_kib_is_413_and_changes_nothing(client: FlaskClient, auth: dict, body: bytes) -> None:
+    seed(completion_body("c1", metadata={"keep": "me"}))
+    response = client.post("/v1/chat/completions/c1", data=body, headers=auth, content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["message"] == TOO_LARGE
+    assert client.get("/v1/chat/completions/c1", headers=auth).get_json()["metadata"] == {"keep": "me"}
+
+
+def worker_memory(server: LiveServer) -> int:
+    """Return the resident memory (bytes) of the server's worker processes together."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == server.process.pid:  # the parent id: a worker of this server
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    assert total, "no worker found"
+    return total
+
+
+def chunked(body: bytes) -> Iterator[bytes]:
+    """The body in 64 KiB pieces, so that httpx sends it chunked, without a Content-Length."""
+    for start in range(0, len(body), 64 * 1024):
+        yield body[start : start + 64 * 1024]
+
+
+def test_oversized_update_bodies_never_inflate_a_worker(live_server: LiveServer) -> None:
+    """Nested empty lists inflate a JSON parser ~20x: refused unread, with or without Content-Length."""
+    seed(completion_body("c1", metadata={"keep": "me"}))
+    auth = {"Authorization": f"Bearer {make_key(name='big-bodies')}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=live_server.v1, headers=auth, timeout=60) as http:
+        for _ in range(4):  # every worker thread warmed up by an ordinary update
+            assert http.post("/chat/completions/c1", content=b'{"metadata": {"keep": "me"}}').status_code == 200
+        before = worker_memory(live_server)
+        bodies = [nested_lists(UPDATE_LIMIT + 1), nested_lists(16 * 1024 * 1024)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda body: http.post("/chat/completions/c1", content=body), bodies * 4))
+            answers += list(pool.map(lambda body: http.post("/chat/completions/c1", content=chunked(body)), bodies * 4))
+        grown = worker_memory(live_server) - before
+        print(f"figures: 16 oversized update bodies (8 of 16 MiB, half chunked): workers grew {grown / 2**20:.1f} MiB")
+        assert [a.status_code for a in answers] == [413] * 16
+        assert {a.json()["error"]["message"] for a in answers} == {TOO_LARGE}
+        assert grown < 16 * 1024 * 1024, f"the workers grew by {grown / 2**20:.0f} MiB"
+        assert http.get("/chat/completions/c1").json()["metadata"] == {"keep": "me"}
+
+
+def test_a_chunked_create_body_over_max_content_length_is_413(live_server: LiveServer) -> None:
+    """17 MiB sent chunked (no Content-Length) is refused like one that announces its length."""
+    auth = {"Authorization": f"Bearer {make_key(name='chunked')}", "Content-Type": "application/json"}
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * (17 * 1024 * 1024) + b'"}]}'
+    with httpx.Client(base_url=live_server.v1, headers=auth, timeout=60) as http:
+        for content in (chunked(body), body):
+            response = http.post("/chat/completions", content=content)
+            assert response.status_code == 413
+            assert response.json()["error"]["message"] == f"Request body too large: the limit is {16 * 1024 * 1024} bytes."

@@ -130,3 +130,31 @@ def test_ids_within_the_rule_are_kept(completion_id: str) -> None:
 @pytest.mark.parametrize("raw, limit", [("1", 1), ("100", 100), ("007", 7)])
 def test_limit_in_ascii_digits(raw: str, limit: int) -> None:
     assert validation.clean_page_query([("limit", raw)]).limit == limit
+
+
+@pytest.mark.parametrize(
+    "password, code",
+    [
+        ("eleven char", "password_too_short"),
+        ("", "password_too_short"),
+        ("Grace-Hopper-1906", "password_is_username"),
+        ("  grace-hopper-1906  ", "password_is_username"),
+        ("twelve chars\x00", "invalid_value"),
+        (None, "password_too_short"),
+    ],
+)
+def test_a_password_is_long_enough_and_not_the_username(password: object, code: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validation.clean_password(password, username="grace-hopper-1906", min_length=12)
+    assert (caught.value.param, caught.value.code) == ("password", code)
+
+
+def test_a_password_at_the_minimum_length_is_accepted() -> None:
+    assert validation.clean_password("twelve chars", username="ann", min_length=12) == "twelve chars"
+
+
+@pytest.mark.parametrize("name", ["", " ann", "ann ", "a" * 151, "tab\tname", "nul\x00", 7])
+def test_a_username_is_printable_and_trimmed(name: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validation.clean_username(name)
+    assert (caught.value.param, caught.value.code) == ("username", "invalid_value")

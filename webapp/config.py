@@ -7,11 +7,15 @@ before: the defaults, ``instance/config.py``, the environment, and ``test_config
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM_BASE_URL = "https://api.openai.com/v1"
 
@@ -25,6 +29,55 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def private_folder(path: str | Path) -> None:
+    """Create the folder ``path`` readable by its owner only (0700), or make an existing one so.
+
+    The instance folder holds the secret key and the embedded database: under the usual
+    umask (022) a plain ``mkdir`` would let every local user list and read it.
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _drop_group_and_other(path)
+
+
+def private_sqlite_files(url: str) -> None:
+    """Make the SQLite database of ``url`` and its ``-wal``/``-shm`` files private to their owner (0600).
+
+    The database file is created empty (a valid empty database) with mode 0600 before SQLite
+    opens it: SQLite would create it 0644 under the usual umask, and it gives the ``-wal`` and
+    ``-shm`` files it makes later the mode of the database file. Files left readable by an
+    earlier version are tightened. Does nothing for other databases or an in-memory one.
+    """
+    if not url.startswith("sqlite"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():  # SQLite will say it cannot open the database; nothing to protect
+        return
+    # O_EXCL: never open a database that exists. Closing any descriptor of a file drops every
+    # POSIX lock this process holds on it, and SQLite's locks are POSIX locks.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists():
+            _drop_group_and_other(name)
+
+
+def _drop_group_and_other(path: Path) -> None:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            path.chmod(mode & 0o700)
+        except PermissionError:  # owned by someone else: their choice, and not ours to change
+            log.warning("%s is readable by other users (mode %o) and not ours to change", path, mode)
 
 
 def _secret_key(instance_path: str) -> str:
@@ -64,6 +117,10 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "API_KEY_CACHE_SECONDS": (float, 2.0),
     # Days a completion is kept: the default of `flask purge --older-than` (None: purge needs the option).
     "RETENTION_DAYS": (int, None),
+    "PASSWORD_MIN_LENGTH": (int, 12),
+    # Seconds without a request after which a signed-in session is over (beside
+    # PERMANENT_SESSION_LIFETIME, the most a session lasts however busy).
+    "SESSION_IDLE_TIMEOUT": (float, 3600.0),
 }
 
 
@@ -97,9 +154,12 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     """Fill in what is derived from other settings once every source has been read."""
     if not config.get("SECRET_KEY"):
         config["SECRET_KEY"] = _secret_key(instance_path)
+    if not isinstance(config["SESSION_IDLE_TIMEOUT"], timedelta):
+        config["SESSION_IDLE_TIMEOUT"] = timedelta(seconds=config["SESSION_IDLE_TIMEOUT"])
     url = normalize_database_url(config["DATABASE_URL"])
     config["DATABASE_URL"] = url
     config["SQLALCHEMY_DATABASE_URI"] = url
+    private_sqlite_files(url)
     timeout = config["DATABASE_TIMEOUT"]
     # Keep bound values (hashes, metadata, messages) out of exception text and so out of logs.
     options: dict[str, Any] = {"hide_parameters": True}

@@ -77,6 +77,11 @@ HTTP_MESSAGES = {
 }
 
 
+def body_too_large(limit: int) -> APIError:
+    """Return the 413 a body over ``limit`` bytes gets (in the envelope)."""
+    return APIError(413, HTTP_MESSAGES[413].format(limit=limit))
+
+
 def request_line_length(environ: dict[str, Any]) -> int:
     """Return the length in bytes of the request line (``METHOD target HTTP/x.y``) as it arrived.
 
@@ -97,16 +102,11 @@ def _http_error(exc: HTTPException) -> Any:
         if status >= 500:
             return _html_error(status, "Something went wrong", "The server could not finish this request. Try again in a moment.")
         return _html_error(status, exc.name, exc.description or exc.name)
+    if status == 413:
+        return error_response(body_too_large(request.max_content_length or 0))
     template = HTTP_MESSAGES.get(status)
     if template:
-        from flask import current_app
-
-        message = template.format(
-            method=request.method,
-            path=request.path,
-            limit=current_app.config.get("MAX_CONTENT_LENGTH"),
-            line_limit=MAX_REQUEST_LINE,
-        )
+        message = template.format(method=request.method, path=request.path, line_limit=MAX_REQUEST_LINE)
     else:
         message = exc.description or exc.name
     error = APIError(status, message, type="server_error" if status >= 500 else "invalid_request_error")

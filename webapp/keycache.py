@@ -75,3 +75,17 @@ def key_cache(app: Flask) -> KeyCache:
 def forget_api_keys(app: Flask | None = None) -> None:
     """Drop every remembered key, so that a revocation in this process applies at once."""
     key_cache(app or current_app._get_current_object()).clear()  # type: ignore[attr-defined]
+
+
+def revocation_notice(name: str, seconds: float) -> str:
+    """Return what to tell whoever revoked the key ``name``, true for every server process.
+
+    The process that revoked it forgets the key at once; every other one (the other gunicorn
+    workers, other servers) may still accept it for up to ``seconds`` (API_KEY_CACHE_SECONDS).
+    """
+    if seconds <= 0:
+        return f"Revoked API key '{name}': requests using it now get 401."
+    return (
+        f"Revoked API key '{name}': requests using it get 401 within {seconds:g} s "
+        f"(each server process remembers a key for API_KEY_CACHE_SECONDS)."
+    )

@@ -131,8 +131,23 @@ class User(db.Model):
     username: Mapped[str] = mapped_column(String(150), unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SignInAttempts(db.Model):
+    """The sign-in attempts of one username from one client address in the current window.
+
+    Kept in the database so that every worker and server counts the same attempts, and
+    counted before the password is checked, so concurrent guesses cannot pass the limit.
+    Throttling by address as well as name keeps a stranger's guesses from locking the
+    real user out; any username gets a row, so the answers never tell which ones exist.
+    """
+
+    __tablename__ = "sign_in_attempts"
+
+    username: Mapped[str] = mapped_column(String(150), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    window_started: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class UserSession(db.Model):
@@ -143,3 +158,6 @@ class UserSession(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Moved forward as the browser is used (at most once a minute): a session idle for
+    # SESSION_IDLE_TIMEOUT is over even inside its lifetime.
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -18,6 +18,9 @@ from typing import Any, Literal
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512
+# The largest body a metadata update may send: 16 pairs of 64 + 512 characters, each character
+# at most 6 bytes (UTF-8, or a \uXXXX escape), with quotes and commas, is under 56 KiB.
+MAX_UPDATE_BODY_BYTES = 64 * 1024
 MAX_API_KEY_NAME_LENGTH = 100
 MAX_ID_LENGTH = 255
 DEFAULT_LIMIT = 20
@@ -481,3 +484,28 @@ def clean_api_key_name(name: Any) -> str:
             "invalid_value",
         )
     return reject_nul(name, "name")
+
+
+# --- People ----------------------------------------------------------------------------------
+
+MAX_USERNAME_LENGTH = 150
+
+
+def clean_username(name: Any) -> str:
+    """Return a username: 1 to 150 printable characters, without surrounding spaces; raise ValidationError otherwise."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or len(name) > MAX_USERNAME_LENGTH or not name.isprintable():
+        message = f"Invalid 'username': expected 1 to {MAX_USERNAME_LENGTH} printable characters, not starting or ending with a space."
+        raise ValidationError(message, "username", "invalid_value")
+    return name
+
+
+def clean_password(password: Any, *, username: str, min_length: int) -> str:
+    """Return ``password`` if it may be ``username``'s: at least ``min_length`` characters
+    (``PASSWORD_MIN_LENGTH``) and not the username, whatever its case or spaces; raise
+    ValidationError otherwise. The one password rule: the command line and any form call it.
+    """
+    if not isinstance(password, str) or len(password) < min_length:
+        raise ValidationError(f"The password must be at least {min_length} characters long.", "password", "password_too_short")
+    if password.strip().casefold() == username.strip().casefold():
+        raise ValidationError("The password must not be the username.", "password", "password_is_username")
+    return reject_nul(password, "password")

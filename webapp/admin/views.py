@@ -12,18 +12,18 @@ from datetime import datetime, timezone
 from itertools import groupby
 from typing import Any
 
-from flask import Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
+from flask import Response, abort, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import store, validation
 from ..extensions import db, write_transaction
 from ..formats import FORMATS, export_lines
-from ..keycache import forget_api_keys
+from ..keycache import forget_api_keys, revocation_notice
 from ..models import Completion, utcnow
 from ..validation import MAX_METADATA_PAIRS, Filter, PageQuery, ValidationError
 from . import bp
-from .auth import LOCK_FOR, MAX_FAILED_SIGN_INS, actor, current_user, safe_next, sign_in, sign_out
+from .auth import actor, count_sign_in_attempt, current_user, safe_next, sign_in, sign_out
 from .display import shorten
 from .forms import ApiKeyForm, BulkForm, LoginForm, MetadataForm, RestoreForm, RevokeKeyForm, attach_error
 
@@ -43,39 +43,38 @@ def see_other(endpoint: str, **values: Any) -> BaseResponse:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    """Sign in; a username is locked for a while after repeated wrong passwords."""
+    """Sign in. Each attempt is counted (by username and client address) before the password
+    is checked; past the limit the answer is 429, alike for every username."""
     target = safe_next(request.args.get("next")) or url_for("admin.completion_list")
     if request.method == "GET" and current_user() is not None:
         return redirect(target)
     form = LoginForm()
-    error, status = None, 200
+    error, status, headers = None, 200, {}
     if form.validate_on_submit():
         username, password = form.username.data or "", form.password.data or ""
-        try:
-            user = store.verify_sign_in(db.session, username=username, password=password)
-        except store.SignInLocked as exc:
-            minutes = max(1, math.ceil((exc.until - utcnow()).total_seconds() / 60))
-            error = f"Too many failed sign-ins for this username. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
-            status = 429
+        attempt = count_sign_in_attempt(username)
+        if attempt.number > store.MAX_SIGN_IN_ATTEMPTS:
+            seconds = max(1, math.ceil((attempt.window_ends - utcnow()).total_seconds()))
+            minutes = math.ceil(seconds / 60)
+            error = f"Too many sign-in attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+            status, headers = 429, {"Retry-After": str(seconds)}
         else:
-            with write_transaction() as tx:
-                store.record_sign_in(
-                    tx, username=username, succeeded=user is not None, max_failures=MAX_FAILED_SIGN_INS, lock_for=LOCK_FOR
-                )
+            user = store.verify_sign_in(db.session, username=username, password=password)
             if user is not None:
                 sign_in(user)
                 return redirect(target, code=303)
             error = "Incorrect username or password."
     elif form.is_submitted():
         status = 400
-    return render_template("admin/login.html", form=form, error=error), status
+    return render_template("admin/login.html", form=form, error=error), status, headers
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
-    """Sign out: the session ends on the server too."""
-    sign_out()
-    flash("You are signed out.", "info")
+    """Sign out: the session ends on the server too; "Sign out everywhere" ends every session of this user."""
+    everywhere = bool(request.form.get("everywhere"))
+    sign_out(everywhere=everywhere)
+    flash("You are signed out everywhere." if everywhere else "You are signed out.", "info")
     return see_other("admin.login")
 
 
@@ -372,7 +371,7 @@ def api_keys() -> Any:
 
 @bp.post("/keys/revoke")
 def revoke_api_key() -> BaseResponse:
-    """Revoke a key: requests using it get 401 from now on."""
+    """Revoke a key: this process refuses it at once, every other within API_KEY_CACHE_SECONDS."""
     form = RevokeKeyForm()
     if not form.validate():
         abort(400)
@@ -384,5 +383,5 @@ def revoke_api_key() -> BaseResponse:
         flash(f"No live API key named '{name}'.", "error")
     else:
         forget_api_keys()
-        flash(f"Revoked API key '{name}': requests using it now get 401.", "success")
+        flash(revocation_notice(name, current_app.config["API_KEY_CACHE_SECONDS"]), "success")
     return see_other("admin.api_keys")

@@ -39,7 +39,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @bp.post("/chat/completions")
 def create_completion() -> Response:
     """Create a chat completion through the upstream, streamed or not; keep it when ``store`` is true."""
-    create = validation.clean_create_request(json_body())
+    create = validation.clean_create_request(json_body(limit=current_app.config["MAX_CONTENT_LENGTH"]))
     # Give the database connection back while the upstream works: that can take minutes.
     db.session.close()
     upstream = upstream_for(current_app)
