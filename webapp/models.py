@@ -60,6 +60,20 @@ class Completion(db.Model):
     metadata_map: Mapped[dict[str, str] | None] = mapped_column("metadata", Json)
     version: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Case-folded searchable text and its CJK grams (store.search.search_columns); NULL once
+    # deleted. The search indexes over them are not described here: see SEARCH_INDEX_NAMES.
+    search_text: Mapped[str | None] = mapped_column(Text)
+    search_grams: Mapped[str | None] = mapped_column(Text)
+
+
+# The search indexes the migration creates by hand (SQLite FTS5 tables with their shadow
+# tables and triggers, PostgreSQL GIN indexes): schema comparisons leave these names alone.
+SEARCH_INDEX_NAMES = ("completions_search", "completions_grams", "ix_completions_search_trgm", "ix_completions_search_grams")
+
+
+def is_search_index(name: str | None) -> bool:
+    """Return whether a schema object belongs to the hand-made search indexes."""
+    return name is not None and name.startswith(SEARCH_INDEX_NAMES)
 
 
 class CompletionMetadata(db.Model):

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, tuple_, update
+from sqlalchemy import BigInteger, bindparam, delete, exists, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
 from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
 from ..validation import Filter, Order, PageQuery, ValidationError
+from . import search
 from .base import Page, storable
 from .shapes import etag, message_objects
 
@@ -47,33 +49,72 @@ def get_completion(session: Session, *, completion_id: str) -> Completion:
     return row
 
 
-# Below this many matches SQLite reads a metadata filter's matches from its index and sorts them;
-# above it, walking the (created, seq) index and checking each row finds a page sooner.
-SELECTIVE_FILTER_ROWS = 2000
+# Below this many candidates, an index's matches are read out and sorted; above it, walking the
+# (created, seq) index and checking each row finds a page sooner.
+SELECTIVE_ROWS = 2000
+# How far a list page counts its matches exactly ("10,000+" beyond).
+COUNT_CAP = 10_000
 
 
-def _metadata_condition(session: Session, key: str, value: str) -> Any:
-    """Return the WHERE condition for one ``metadata[key]=value`` filter, shaped for the planner at hand.
+def _probe(session: Session, seqs: Any) -> list[int] | None:
+    """Return the seqs a candidate SELECT yields if there are fewer than SELECTIVE_ROWS, else None."""
+    found = list(session.scalars(seqs.limit(SELECTIVE_ROWS)))
+    return found if len(found) < SELECTIVE_ROWS else None
 
-    PostgreSQL knows how common each value is and plans the EXISTS either way. SQLite's
-    planner does not, so a bounded count on the covering (key, value, seq) index decides.
-    """
-    matches = select(CompletionMetadata.completion_seq).where(
-        CompletionMetadata.key == key, CompletionMetadata.value == value
+
+def _metadata_rows(key: str, value: str) -> Any:
+    return select(CompletionMetadata.completion_seq).where(CompletionMetadata.key == key, CompletionMetadata.value == value)
+
+
+def _metadata_check(key: str, value: str) -> Any:
+    """The row condition for one ``metadata[key]=value`` filter: a primary-key lookup per row."""
+    return exists().where(
+        CompletionMetadata.completion_seq == Completion.seq, CompletionMetadata.key == key, CompletionMetadata.value == value
     )
-    if session.get_bind().dialect.name == "sqlite":
-        probe = select(func.count()).select_from(matches.limit(SELECTIVE_FILTER_ROWS).subquery())
-        if (session.scalar(probe) or 0) < SELECTIVE_FILTER_ROWS:
-            return Completion.seq.in_(matches)
-    return exists(matches.where(CompletionMetadata.completion_seq == Completion.seq))
 
 
-def _filtered(session: Session, stmt: Any, *, filter: Filter) -> Any:
+def _seq_in(session: Session, seqs: list[int]) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        # One array parameter: the planner sees the real row count and reads them by primary key.
+        return Completion.seq == func.any(bindparam("driver_seqs", seqs, type_=ARRAY(BigInteger)))
+    return Completion.seq.in_(seqs)
+
+
+def _filtered(session: Session, stmt: Any, *, filter: Filter, counting: bool = False) -> Any:
+    """Add ``filter`` to ``stmt``, shaped so that the database reads as few rows as it can.
+
+    Every index that can narrow the filter (each metadata pair, the search terms) is
+    probed for at most SELECTIVE_ROWS candidates; the smallest such set drives the query
+    and the rest are checked row by row. When every set is large, walking the order's
+    index and checking rows finds a page at once. A count has no order to keep, so it is
+    driven by the search index whenever there is one. Every match is decided exactly.
+    """
     stmt = stmt.where(Completion.deleted.is_(False))
     if filter.model is not None:
         stmt = stmt.where(Completion.model == filter.model)
+    if filter.created_after is not None:
+        stmt = stmt.where(Completion.created >= filter.created_after)
+    if filter.created_before is not None:
+        stmt = stmt.where(Completion.created < filter.created_before)
+    sources = [_metadata_rows(key, value) for key, value in filter.metadata.items()]
+    found = search.candidates(session, filter.search) if filter.search else None
+    if found is not None:
+        sources.insert(0, found)
+    driver: list[int] | None = None
+    for source in sources:
+        seqs = _probe(session, source)
+        if seqs is not None and (driver is None or len(seqs) < len(driver)):
+            driver = seqs
+        if driver is not None and len(driver) == 0:
+            break
+    if driver is not None:
+        stmt = stmt.where(_seq_in(session, driver))
+    elif counting and found is not None:
+        stmt = stmt.where(Completion.seq.in_(found))
     for key, value in filter.metadata.items():
-        stmt = stmt.where(_metadata_condition(session, key, value))
+        stmt = stmt.where(_metadata_check(key, value))
+    for term in filter.search:
+        stmt = stmt.where(search.exact_match(session, term))
     return stmt
 
 
@@ -124,9 +165,16 @@ def iter_completions(session: Session, *, filter: Filter, order: Order = "asc", 
         session.expunge_all()
 
 
-def count_completions(session: Session, *, filter: Filter) -> int:
-    """Return how many live completions match ``filter`` (for progress bars, not for list pages)."""
-    return session.scalar(_filtered(session, select(func.count()).select_from(Completion), filter=filter)) or 0
+def count_completions(session: Session, *, filter: Filter, cap: int | None = None) -> int:
+    """Return how many live completions match ``filter``; with ``cap``, counting stops past it.
+
+    With a cap the answer is exact up to ``cap`` and ``cap + 1`` means "more than ``cap``",
+    so a list page can say "10,000+" without reading every match.
+    """
+    matches = _filtered(session, select(Completion.seq), filter=filter, counting=True)
+    if cap is not None:
+        matches = matches.limit(cap + 1)
+    return session.scalar(select(func.count()).select_from(matches.subquery())) or 0
 
 
 def list_messages(session: Session, *, completion_id: str, query: PageQuery) -> Page:
@@ -228,7 +276,17 @@ def delete_completion(session: Session, *, completion_id: str) -> None:
     result = session.execute(
         update(Completion)
         .where(Completion.seq == row.seq, Completion.deleted.is_(False))
-        .values(deleted=True, body=None, messages=None, metadata_map=None, version=Completion.version + 1, updated_at=utcnow())
+        .values(
+            deleted=True,
+            body=None,
+            messages=None,
+            metadata_map=None,
+            # Cleared with the text: the database drops the completion from the search indexes.
+            search_text=None,
+            search_grams=None,
+            version=Completion.version + 1,
+            updated_at=utcnow(),
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -242,6 +300,8 @@ def completion_values(*, body: Mapping[str, Any], messages: list[Any], metadata:
     completion onto its row: every write path, single or batched, goes through here).
 
     ``body`` is the completion object; ``metadata`` and ``messages`` in it are ignored.
+    The values include ``search_text`` and ``search_grams`` (see ``store.search``), so a
+    batch insert of these values is searchable at once.
     """
     stored = {key: value for key, value in body.items() if key not in ("metadata", "messages")}
     stored["object"] = "chat.completion"
@@ -253,6 +313,8 @@ def completion_values(*, body: Mapping[str, Any], messages: list[Any], metadata:
         "messages": messages,
         "metadata_map": dict(metadata),
         "deleted": False,
+        # The searchable text, from which the database keeps the search indexes.
+        **search.search_columns(body=stored, messages=messages),
     }
 
 
