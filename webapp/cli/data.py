@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import click
 
@@ -78,23 +78,61 @@ def import_command(file: IO[bytes]) -> None:
         raise click.ClickException("Some lines were not imported: fix the lines named above and run the import again (it is safe to repeat).")
 
 
-def clean_filter_options(*, model: str | None, metadata: tuple[str, ...]) -> validation.Filter:
-    """Return the filter of ``--model`` and ``--metadata KEY=VALUE`` options, by the API's rules."""
+def clean_filter_options(
+    *,
+    model: str | None,
+    metadata: tuple[str, ...],
+    search: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
+) -> validation.Filter:
+    """Return the filter of ``--model``, ``--metadata KEY=VALUE``, ``--search`` and the created range, by the API's rules.
+
+    The dates take unix seconds or ``YYYY-MM-DD`` (00:00 UTC). A bad value is reported
+    against its option.
+    """
     try:
         pairs = [validation.parse_metadata_filter(text) for text in metadata]
-        return validation.clean_filters(model=model, metadata=pairs)
+        return validation.clean_filters(
+            model=model, metadata=pairs, search=search, created_after=created_after, created_before=created_before, days=True
+        )
     except validation.ValidationError as exc:
-        raise click.BadParameter(exc.message, param_hint="--model" if exc.param == "model" else "--metadata") from None
+        option = "--metadata" if (exc.param or "metadata").startswith("metadata") else "--" + (exc.param or "").replace("_", "-")
+        raise click.BadParameter(exc.message, param_hint=option) from None
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the filter options (the API's list filter) to a command: ``--model``, ``--metadata``, ``--search``, dates."""
+    for option in reversed(
+        [
+            click.option("--model", help="Only completions of this model."),
+            click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match."),
+            click.option("--search", help="Words that must all occur in the text (any case, any language)."),
+            click.option("--created-after", metavar="WHEN", help="Created at or after: unix seconds or YYYY-MM-DD (00:00 UTC)."),
+            click.option("--created-before", metavar="WHEN", help="Created strictly before: unix seconds or YYYY-MM-DD."),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 @click.command("export")
-@click.option("--model", help="Only completions of this model.")
-@click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+@filter_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="store", show_default=True)
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Default: stdout.")
-def export_command(model: str | None, metadata_filters: tuple[str, ...], fmt: str, output: IO[str]) -> None:
+def export_command(
+    model: str | None,
+    metadata_filters: tuple[str, ...],
+    search: str | None,
+    created_after: str | None,
+    created_before: str | None,
+    fmt: str,
+    output: IO[str],
+) -> None:
     """Stream completions as JSONL: ``store`` round-trips through import, ``chat`` is for fine-tuning."""
-    selection = clean_filter_options(model=model, metadata=metadata_filters)
+    selection = clean_filter_options(
+        model=model, metadata=metadata_filters, search=search, created_after=created_after, created_before=created_before
+    )
     lines = export_lines(db.session, filter=selection, fmt=fmt)  # type: ignore[arg-type]
     if output.name == "<stdout>":
         # stdout is the data: no progress bar to mix into it.

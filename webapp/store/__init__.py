@@ -14,6 +14,7 @@ of the modules is available here.
 from .base import NameTaken, Page, hash_secret
 from .bulk import BulkResult, get_metadata_change, set_metadata_key
 from .completions import (
+    COUNT_CAP,
     CompletionNotFound,
     PreconditionFailed,
     completion_values,
@@ -52,6 +53,7 @@ from .users import (
 )
 
 __all__ = [
+    "COUNT_CAP",
     "BulkResult",
     "CompletionNotFound",
     "NameTaken",

@@ -96,10 +96,8 @@ def _filtered(session: Session, stmt: Any, *, filter: Filter, counting: bool = F
         stmt = stmt.where(Completion.created >= filter.created_after)
     if filter.created_before is not None:
         stmt = stmt.where(Completion.created < filter.created_before)
-    sources = [_metadata_rows(key, value) for key, value in filter.metadata.items()]
-    found = search.candidates(session, filter.search) if filter.search else None
-    if found is not None:
-        sources.insert(0, found)
+    found = search.candidate_sources(session, filter.search) if filter.search else []
+    sources = found + [_metadata_rows(key, value) for key, value in filter.metadata.items()]
     driver: list[int] | None = None
     for source in sources:
         seqs = _probe(session, source)
@@ -109,8 +107,8 @@ def _filtered(session: Session, stmt: Any, *, filter: Filter, counting: bool = F
             break
     if driver is not None:
         stmt = stmt.where(_seq_in(session, driver))
-    elif counting and found is not None:
-        stmt = stmt.where(Completion.seq.in_(found))
+    elif counting and found:
+        stmt = stmt.where(Completion.seq.in_(found[0]))
     for key, value in filter.metadata.items():
         stmt = stmt.where(_metadata_check(key, value))
     for term in filter.search:

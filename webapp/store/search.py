@@ -20,6 +20,7 @@ exact substring test on ``search_text`` decides every match.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,10 +54,12 @@ _CJK_RANGES = (
 )
 
 
+_CJK_RUN = re.compile("[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES) + "]+")
+
+
 def is_cjk(char: str) -> bool:
     """Return whether ``char`` belongs to a script the two-character index covers."""
-    code = ord(char)
-    return any(low <= code <= high for low, high in _CJK_RANGES)
+    return _CJK_RUN.fullmatch(char) is not None
 
 
 def _content_texts(content: Any) -> Iterator[str]:
@@ -103,16 +106,8 @@ def text_pieces(*, body: Mapping[str, Any] | None, messages: Iterable[Any] | Non
     return [piece.replace("\x00", " ") for piece in pieces if piece]
 
 
-def _cjk_runs(folded: str) -> Iterator[str]:
-    run: list[str] = []
-    for char in folded:
-        if is_cjk(char):
-            run.append(char)
-        elif run:
-            yield "".join(run)
-            run = []
-    if run:
-        yield "".join(run)
+def _cjk_runs(folded: str) -> list[str]:
+    return _CJK_RUN.findall(folded)
 
 
 def _run_grams(run: str) -> list[str]:
@@ -190,44 +185,36 @@ def _like_pattern(term: str) -> str:
     return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def candidates(session: Session, terms: tuple[str, ...]) -> Any | None:
-    """Return a SELECT of the ``seq`` of every completion the indexes say may hold all ``terms``.
+def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
+    """Return SELECTs of the ``seq`` of completions the indexes say may hold all ``terms``: one per index.
 
-    A superset of the matches (the exact test decides); None when no term is indexable.
+    Each is a superset of the matches (the exact test decides). The terms of one index are
+    intersected inside it (one FTS5 query, one GIN scan); the trigram and the gram index
+    are separate sources, so that the caller can drive a query by the smaller. Empty when
+    no term is indexable (only short non-CJK terms).
     """
     plan = narrowing(terms)
-    if not plan.indexed:
-        return None
+    sources: list[Any] = []
     if session.get_bind().dialect.name == "sqlite":
-        selects = []
-        if plan.trigram_terms:
-            tokens = list(dict.fromkeys(g for term in plan.trigram_terms for g in _trigrams(term)))
-            match = " AND ".join(_fts_phrase(t) for t in tokens)
-            selects.append(
-                select(literal_column("rowid").label("seq"))
-                .select_from(text(FTS_TRIGRAMS))
-                .where(text(f"{FTS_TRIGRAMS} MATCH :trigram_match").bindparams(trigram_match=match))
-            )
-        if plan.grams:
-            match = " AND ".join(_fts_phrase(g) for g in plan.grams)
-            selects.append(
-                select(literal_column("rowid").label("seq"))
-                .select_from(text(FTS_GRAMS))
-                .where(text(f"{FTS_GRAMS} MATCH :gram_match").bindparams(gram_match=match))
-            )
-        stmt = selects[0]
-        for other in selects[1:]:
-            stmt = stmt.where(literal_column("rowid").in_(other))
-        return stmt
-    conditions = [Completion.search_text.like(_like_pattern(term), escape="\\") for term in plan.trigram_terms]
-    if plan.grams:
-        conditions.append(
-            # Written exactly as the migration's index expression, so that the GIN index serves it.
-            func.string_to_array(Completion.search_grams, literal_column("' '"), type_=ARRAY(Text)).contains(
-                bindparam("grams", list(plan.grams), type_=ARRAY(Text))
-            )
+        tokens = list(dict.fromkeys(g for term in plan.trigram_terms for g in _trigrams(term)))
+        for table, words in ((FTS_TRIGRAMS, tokens), (FTS_GRAMS, list(plan.grams))):
+            if words:
+                match = " AND ".join(_fts_phrase(word) for word in words)
+                sources.append(
+                    select(literal_column("rowid").label("seq"))
+                    .select_from(text(table))
+                    .where(text(f"{table} MATCH :match_{table}").bindparams(**{f"match_{table}": match}))
+                )
+        return sources
+    if plan.trigram_terms:
+        sources.append(
+            select(Completion.seq).where(*(Completion.search_text.like(_like_pattern(t), escape="\\") for t in plan.trigram_terms))
         )
-    return select(Completion.seq).where(*conditions)
+    if plan.grams:
+        # Written exactly as the migration's index expression, so that the GIN index serves it.
+        words = func.string_to_array(Completion.search_grams, literal_column("' '"), type_=ARRAY(Text))
+        sources.append(select(Completion.seq).where(words.contains(bindparam("grams", list(plan.grams), type_=ARRAY(Text)))))
+    return sources
 
 
 def exact_match(session: Session, term: str) -> Any:
