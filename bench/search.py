@@ -13,7 +13,7 @@ per size, and the ratio of the largest size to the first.
 
 from __future__ import annotations
 
-from seed import COMMON_WORD, CJK_WORD, FIRST_SECOND, NOWHERE_WORD, RARE_WORD, arguments, compare
+from seed import CJK_WORD, COMMON_WORD, FIRST_SECOND, NOWHERE_WORD, RARE_WORD, Shape, arguments, compare
 
 from webapp import store, validation
 from webapp.extensions import db
@@ -36,24 +36,28 @@ def capped_count(**filters: object):
     return lambda: store.count_completions(db.session, filter=selection, cap=COUNT_CAP)
 
 
+def shapes(repeat: int) -> list[Shape]:
+    """The search shapes the issue names, and a few more."""
+    day = str(FIRST_SECOND + 86_400)
+    return [
+        (f"rare term ({RARE_WORD}, 1/10,007)", first_page(search=RARE_WORD), repeat),
+        (f"common term ({COMMON_WORD})", first_page(search=COMMON_WORD), repeat),
+        (f"two-character Chinese word ({CJK_WORD})", first_page(search=CJK_WORD), repeat),
+        ("Arabic word (الفاتورة)", first_page(search="الفاتورة"), repeat),
+        (f"term + metadata filter ({COMMON_WORD}, team=team-2)", first_page(search=COMMON_WORD, metadata=[("team", "team-2")]), repeat),
+        ("rare term + metadata filter", first_page(search=RARE_WORD, metadata=[("team", "team-0")]), repeat),
+        (f"term within one day ({COMMON_WORD})", first_page(search=COMMON_WORD, created_after=day, created_before=str(int(day) + 86_400)), repeat),
+        ("two terms (order 发票)", first_page(search=f"{COMMON_WORD} 发票"), repeat),
+        (f"term matching nothing ({NOWHERE_WORD})", first_page(search=NOWHERE_WORD), repeat),
+        (f"capped count, common term ({COMMON_WORD})", capped_count(search=COMMON_WORD), repeat),
+        (f"capped count, Chinese word ({CJK_WORD})", capped_count(search=CJK_WORD), repeat),
+        ("capped count, no filter", capped_count(), repeat),
+    ]
+
+
 def main() -> None:
     args = arguments(__doc__ or "")
-    day = str(FIRST_SECOND + 86_400)
-    shapes = [
-        (f"rare term ({RARE_WORD}, 1/10,007)", first_page(search=RARE_WORD), args.repeat),
-        (f"common term ({COMMON_WORD})", first_page(search=COMMON_WORD), args.repeat),
-        (f"two-character Chinese word ({CJK_WORD})", first_page(search=CJK_WORD), args.repeat),
-        (f"Arabic word (الفاتورة)", first_page(search="الفاتورة"), args.repeat),
-        (f"term + metadata filter ({COMMON_WORD}, team=team-2)", first_page(search=COMMON_WORD, metadata=[("team", "team-2")]), args.repeat),
-        (f"rare term + metadata filter", first_page(search=RARE_WORD, metadata=[("team", "team-0")]), args.repeat),
-        (f"term within one day ({COMMON_WORD})", first_page(search=COMMON_WORD, created_after=day, created_before=str(int(day) + 86_400)), args.repeat),
-        ("two terms (order 发票)", first_page(search=f"{COMMON_WORD} 发票"), args.repeat),
-        (f"term matching nothing ({NOWHERE_WORD})", first_page(search=NOWHERE_WORD), args.repeat),
-        (f"capped count, common term ({COMMON_WORD})", capped_count(search=COMMON_WORD), args.repeat),
-        (f"capped count, Chinese word ({CJK_WORD})", capped_count(search=CJK_WORD), args.repeat),
-        ("capped count, no filter", capped_count(), args.repeat),
-    ]
-    compare(shapes, sizes=args.rows, urls=args.urls)
+    compare(lambda _rows: shapes(repeat), sizes=args.rows, urls=args.urls)
 
 
 if __name__ == "__main__":

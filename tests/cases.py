@@ -104,6 +104,8 @@ FILTER_CASES = [
     FilterCase("model", "gpt-a", [], ["c1", "c3", "c5"]),
     FilterCase("one-pair", None, [("team", "red")], ["c0", "c1", "c2"]),
     FilterCase("two-pairs", None, [("team", "red"), ("n", "2")], ["c2"]),
+    FilterCase("two-pairs-never-together", None, [("team", "red"), ("n", "4")], []),
+    FilterCase("three-pairs", "gpt-b", [("team", "blue"), ("n", "4"), ("n2", "x")], []),
     FilterCase("model-and-pair", "gpt-b", [("team", "blue")], ["c4"]),
     FilterCase("no-such-value", None, [("team", "green")], []),
     FilterCase("no-such-model", "gpt-z", [], []),

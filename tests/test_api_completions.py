@@ -8,11 +8,12 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
+from sqlalchemy import text as sa_text
 
 from webapp import store, validation
 from webapp.extensions import db, write_transaction
-from webapp.models import Completion, CompletionMetadata, MetadataChange
-from webapp.store import search
+from webapp.models import Completion, CompletionMetadata, MetadataChange, MetadataPairCount
+from webapp.store import completions, search
 
 from .cases import (
     BAD_LIST_QUERIES,
@@ -237,9 +238,28 @@ def search_ids(client: FlaskClient, auth: dict, query: list[tuple[str, str]]) ->
     return ids(response.get_json())
 
 
+@pytest.fixture(params=["indexes-drive", "walk-the-order"])
+def plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a query can go: driven by a small candidate set from an index, or walking the
+    order (every candidate set "large"), where counts are driven by the search index."""
+    if request.param == "walk-the-order":
+        monkeypatch.setattr(completions, "SELECTIVE_ROWS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: c.id)
-def test_search(client: FlaskClient, auth: dict, searchable: list, case: SearchCase) -> None:
+def test_search(client: FlaskClient, auth: dict, searchable: list, case: SearchCase, plan: str) -> None:
     assert search_ids(client, auth, case.api_query()) == case.expected
+    selection = validation.clean_list_query(case.api_query()).filter
+    assert store.count_completions(db.session, filter=selection) == len(case.expected)
+    assert store.count_completions(db.session, filter=selection, cap=1) == min(2, len(case.expected))
+
+
+@pytest.mark.parametrize("case", FILTER_CASES, ids=lambda c: c.id)
+def test_filter_counts(client: FlaskClient, auth: dict, seeded: list, case: FilterCase, plan: str) -> None:
+    assert ids(client.get(f"{URL}?{case.api_query()}", headers=auth).get_json()) == case.expected
+    selection = validation.clean_filters(model=case.model, metadata=case.metadata)
+    assert store.count_completions(db.session, filter=selection, cap=100) == len(case.expected)
 
 
 def test_a_changed_text_is_found_by_its_new_text_at_once(client: FlaskClient, auth: dict, searchable: list) -> None:
@@ -286,3 +306,23 @@ def test_counts_stop_at_the_cap(app, searchable: list) -> None:
     assert store.count_completions(db.session, filter=everything, cap=5) == 6
     assert store.count_completions(db.session, filter=validation.clean_filters(search="refund")) == 2
     assert store.count_completions(db.session, filter=validation.clean_filters(search="zx refund")) == 0
+
+
+def test_the_metadata_pair_counts_follow_every_write(client: FlaskClient, auth: dict, seeded: list) -> None:
+    """What the database keeps for "these two pairs never meet" equals a fresh count after creates, updates, deletes and a purge."""
+    client.post(f"{URL}/c0", json={"metadata": {"team": "blue", "n": "4", "x": "1"}}, headers=auth)
+    client.post(f"{URL}/c1", json={"metadata": None}, headers=auth)
+    client.delete(f"{URL}/c2", headers=auth)
+    seed(completion_body("c9", metadata={"team": "red", "n": "4"}), {**seeded[3], "metadata": {"team": "red"}})
+    with write_transaction() as session:
+        session.execute(sa_delete(Completion).where(Completion.id == "c5"))
+    fresh = db.session.execute(
+        sa_text(
+            "SELECT a.key, a.value, b.key, b.value, count(*) FROM completion_metadata a JOIN completion_metadata b "
+            "ON b.completion_seq = a.completion_seq AND a.key < b.key GROUP BY a.key, a.value, b.key, b.value"
+        )
+    ).all()
+    kept = db.session.execute(select(MetadataPairCount.key_a, MetadataPairCount.value_a, MetadataPairCount.key_b, MetadataPairCount.value_b, MetadataPairCount.count).where(MetadataPairCount.count > 0)).all()
+    assert sorted(map(tuple, kept)) == sorted(map(tuple, fresh))
+    assert ids(client.get(f"{URL}?metadata[team]=blue&metadata[n]=4", headers=auth).get_json()) == ["c0", "c4"]
+    assert ids(client.get(f"{URL}?metadata[team]=red&metadata[n]=4", headers=auth).get_json()) == ["c9"]

@@ -89,6 +89,23 @@ class CompletionMetadata(db.Model):
     value: Mapped[str] = mapped_column(String(512))
 
 
+class MetadataPairCount(db.Model):
+    """How many live completions hold two metadata pairs together (``key_a`` < ``key_b``).
+
+    Kept by database triggers on ``completion_metadata`` (created by the migration), so
+    every write path keeps it right. A filter on two pairs that never meet is answered from
+    here at once instead of by walking every row that holds one of them.
+    """
+
+    __tablename__ = "metadata_pair_counts"
+
+    key_a: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value_a: Mapped[str] = mapped_column(String(512), primary_key=True)
+    key_b: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value_b: Mapped[str] = mapped_column(String(512), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class MetadataChange(db.Model):
     """A record of one change to a completion's metadata: who, when, before and after."""
 

@@ -4,9 +4,9 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-26 07:40:00
 
-SQLite: two FTS5 external-content tables over ``completions`` (``trigram`` on
-``search_text``, ``unicode61`` on ``search_grams``), kept by triggers in the writing
-transaction. PostgreSQL: the ``pg_trgm`` extension (a managed database must allow it:
+SQLite: two FTS5 tables (``trigram`` on ``search_text``, with its own copy of the text;
+``unicode61`` on ``search_grams``, external content over ``completions``), kept by
+triggers in the writing transaction. PostgreSQL: the ``pg_trgm`` extension (a managed database must allow it:
 it is a trusted extension from PostgreSQL 13, so the database owner may create it) with a
 GIN trigram index on ``search_text`` and a GIN index on the words of ``search_grams``.
 Existing rows get their text computed by the same function every write uses.
@@ -25,29 +25,29 @@ depends_on = None
 BATCH = 1000
 
 SQLITE_UP = [
-    "CREATE VIRTUAL TABLE completions_search USING fts5(search_text, content='completions', content_rowid='seq', "
-    "tokenize='trigram case_sensitive 1', detail='none')",
+    # The trigram table keeps its own copy of the text: a count checks candidates against
+    # these narrow rows instead of reading whole completions.
+    "CREATE VIRTUAL TABLE completions_search USING fts5(search_text, tokenize='trigram case_sensitive 1', detail='none')",
     "CREATE VIRTUAL TABLE completions_grams USING fts5(search_grams, content='completions', content_rowid='seq', "
     "tokenize='unicode61 remove_diacritics 0', detail='none')",
-    # An external-content FTS5 table is told what to forget with the very values it indexed.
+    # An external-content FTS5 table (grams) is told what to forget with the very values it indexed.
     """CREATE TRIGGER completions_search_insert AFTER INSERT ON completions WHEN new.search_text IS NOT NULL BEGIN
         INSERT INTO completions_search(rowid, search_text) VALUES (new.seq, new.search_text);
         INSERT INTO completions_grams(rowid, search_grams) VALUES (new.seq, new.search_grams);
     END""",
     """CREATE TRIGGER completions_search_delete AFTER DELETE ON completions WHEN old.search_text IS NOT NULL BEGIN
-        INSERT INTO completions_search(completions_search, rowid, search_text) VALUES ('delete', old.seq, old.search_text);
+        DELETE FROM completions_search WHERE rowid = old.seq;
         INSERT INTO completions_grams(completions_grams, rowid, search_grams) VALUES ('delete', old.seq, old.search_grams);
     END""",
     """CREATE TRIGGER completions_search_update AFTER UPDATE OF search_text, search_grams ON completions BEGIN
-        INSERT INTO completions_search(completions_search, rowid, search_text)
-            SELECT 'delete', old.seq, old.search_text WHERE old.search_text IS NOT NULL;
+        DELETE FROM completions_search WHERE rowid = old.seq;
         INSERT INTO completions_grams(completions_grams, rowid, search_grams)
             SELECT 'delete', old.seq, old.search_grams WHERE old.search_text IS NOT NULL;
         INSERT INTO completions_search(rowid, search_text) SELECT new.seq, new.search_text WHERE new.search_text IS NOT NULL;
         INSERT INTO completions_grams(rowid, search_grams) SELECT new.seq, new.search_grams WHERE new.search_text IS NOT NULL;
     END""",
-    # Not 'rebuild': that would index the tombstones too, and a tombstone brought back to life would be indexed twice.
     "INSERT INTO completions_search(rowid, search_text) SELECT seq, search_text FROM completions WHERE search_text IS NOT NULL",
+    # Not 'rebuild': that would index the tombstones too, and a tombstone brought back to life would be indexed twice.
     "INSERT INTO completions_grams(rowid, search_grams) SELECT seq, search_grams FROM completions WHERE search_text IS NOT NULL",
 ]
 SQLITE_DOWN = [

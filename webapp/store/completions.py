@@ -7,13 +7,14 @@ the caller decides the transaction (see ``extensions.write_transaction``).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, delete, exists, func, insert, select, tuple_, update
+from sqlalchemy import BigInteger, and_, bindparam, delete, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
-from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
+from ..models import Completion, CompletionMetadata, MetadataChange, MetadataPairCount, utcnow
 from ..validation import Filter, Order, PageQuery, ValidationError
 from . import search
 from .base import Page, storable
@@ -73,6 +74,28 @@ def _metadata_check(key: str, value: str) -> Any:
     )
 
 
+def _pairs_never_meet(session: Session, metadata: Mapping[str, str]) -> bool:
+    """Return whether two of the filter's pairs are held together by no live completion.
+
+    ``metadata_pair_counts`` (kept by triggers) knows: one primary-key lookup per two
+    pairs. Without it, two common pairs that never meet would walk every row holding one.
+    """
+    pairs = sorted(metadata.items())
+    meetings = [(a, b) for i, a in enumerate(pairs) for b in pairs[i + 1 :]]
+    if not meetings:
+        return False
+    wanted = or_(
+        *(
+            and_(
+                MetadataPairCount.key_a == ka, MetadataPairCount.value_a == va, MetadataPairCount.key_b == kb, MetadataPairCount.value_b == vb
+            )
+            for (ka, va), (kb, vb) in meetings
+        )
+    )
+    met = session.scalar(select(func.count()).where(wanted, MetadataPairCount.count > 0)) or 0
+    return met < len(meetings)
+
+
 def _seq_in(session: Session, seqs: list[int]) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         # One array parameter: the planner sees the real row count and reads them by primary key.
@@ -80,40 +103,52 @@ def _seq_in(session: Session, seqs: list[int]) -> Any:
     return Completion.seq.in_(seqs)
 
 
-def _filtered(session: Session, stmt: Any, *, filter: Filter, counting: bool = False) -> Any:
-    """Add ``filter`` to ``stmt``, shaped so that the database reads as few rows as it can.
+def _driver(session: Session, filter: Filter) -> list[int] | None:
+    """Return the smallest candidate set an index gives for ``filter`` if one is small, else None.
 
-    Every index that can narrow the filter (each metadata pair, the search terms) is
-    probed for at most SELECTIVE_ROWS candidates; the smallest such set drives the query
-    and the rest are checked row by row. When every set is large, walking the order's
-    index and checking rows finds a page at once. A count has no order to keep, so it is
-    driven by the search index whenever there is one. Every match is decided exactly.
+    Every index that can narrow the filter (the search terms' trigram and gram indexes,
+    each metadata pair) is probed for at most SELECTIVE_ROWS candidates. Two metadata
+    pairs that never meet (``metadata_pair_counts``) give the empty set at once.
     """
-    stmt = stmt.where(Completion.deleted.is_(False))
-    if filter.model is not None:
-        stmt = stmt.where(Completion.model == filter.model)
-    if filter.created_after is not None:
-        stmt = stmt.where(Completion.created >= filter.created_after)
-    if filter.created_before is not None:
-        stmt = stmt.where(Completion.created < filter.created_before)
-    found = search.candidate_sources(session, filter.search) if filter.search else []
-    sources = found + [_metadata_rows(key, value) for key, value in filter.metadata.items()]
+    if _pairs_never_meet(session, filter.metadata):
+        return []
+    sources = search.candidate_sources(session, filter.search) if filter.search else []
+    sources += [_metadata_rows(key, value) for key, value in filter.metadata.items()]
     driver: list[int] | None = None
     for source in sources:
         seqs = _probe(session, source)
         if seqs is not None and (driver is None or len(seqs) < len(driver)):
             driver = seqs
-        if driver is not None and len(driver) == 0:
-            break
+            if not driver:
+                break
+    return driver
+
+
+def _conditions(session: Session, filter: Filter, *, driver: list[int] | None, text: bool = True) -> list[Any]:
+    """Return the row conditions of ``filter``: the driving set (if any), then every check, decided exactly."""
+    conditions: list[Any] = [Completion.deleted.is_(False)]
     if driver is not None:
-        stmt = stmt.where(_seq_in(session, driver))
-    elif counting and found:
-        stmt = stmt.where(Completion.seq.in_(found[0]))
-    for key, value in filter.metadata.items():
-        stmt = stmt.where(_metadata_check(key, value))
-    for term in filter.search:
-        stmt = stmt.where(search.exact_match(session, term))
-    return stmt
+        conditions.append(_seq_in(session, driver))
+    if filter.model is not None:
+        conditions.append(Completion.model == filter.model)
+    if filter.created_after is not None:
+        conditions.append(Completion.created >= filter.created_after)
+    if filter.created_before is not None:
+        conditions.append(Completion.created < filter.created_before)
+    conditions += [_metadata_check(key, value) for key, value in filter.metadata.items()]
+    if text:
+        conditions += [search.exact_match(session, term) for term in filter.search]
+    return conditions
+
+
+def _filtered(session: Session, stmt: Any, *, filter: Filter) -> Any:
+    """Add ``filter`` to ``stmt``, shaped so that the database reads as few rows as it can.
+
+    A small candidate set from an index (:func:`_driver`) drives the query and the rest is
+    checked row by row; when every set is large, walking the order's index and checking
+    rows finds a page at once. Every match is decided exactly.
+    """
+    return stmt.where(*_conditions(session, filter, driver=_driver(session, filter)))
 
 
 def _keyset(stmt: Any, *, after: str | None, order: Order) -> Any:
@@ -167,9 +202,22 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
     """Return how many live completions match ``filter``; with ``cap``, counting stops past it.
 
     With a cap the answer is exact up to ``cap`` and ``cap + 1`` means "more than ``cap``",
-    so a list page can say "10,000+" without reading every match.
+    so a list page can say "10,000+" without reading every match. A count has no order to
+    keep: a common search is counted from the search index, its candidates checked
+    against the index's own narrow copy of the text where there is one (SQLite), and
+    only those are looked up for the other filters.
     """
-    matches = _filtered(session, select(Completion.seq), filter=filter, counting=True)
+    driver = _driver(session, filter)
+    verified = search.verified_matches(session, filter.search) if driver is None and filter.search else None
+    if verified is None:
+        matches = select(Completion.seq).where(*_conditions(session, filter, driver=driver))
+    else:
+        rest = replace(filter, search=())
+        if rest.narrowed:
+            verified = verified.where(
+                exists(select(Completion.seq).where(Completion.seq == verified.selected_columns[0], *_conditions(session, rest, driver=None)))
+            )
+        matches = verified
     if cap is not None:
         matches = matches.limit(cap + 1)
     return session.scalar(select(func.count()).select_from(matches.subquery())) or 0

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, bindparam, func, literal_column, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, bindparam, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -215,6 +215,36 @@ def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
         words = func.string_to_array(Completion.search_grams, literal_column("' '"), type_=ARRAY(Text))
         sources.append(select(Completion.seq).where(words.contains(bindparam("grams", list(plan.grams), type_=ARRAY(Text)))))
     return sources
+
+
+# The SQLite trigram table as a table: its rowid is the completion's seq, and it keeps its own copy of the text.
+_fts_text = Table(FTS_TRIGRAMS, MetaData(), Column("rowid", Integer), Column("search_text", Text))
+
+
+def verified_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
+    """Return a SELECT of the ``seq`` of every live completion holding all ``terms``, decided exactly
+    on the trigram table's narrow copy of the text, without reading the completions; None
+    where there is no such copy (PostgreSQL) or no term is indexable.
+
+    Driven by the trigram index, or by the gram index when only short CJK terms are given.
+    """
+    plan = narrowing(terms)
+    if session.get_bind().dialect.name != "sqlite" or not plan.indexed:
+        return None
+    checks = [func.instr(_fts_text.c.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in terms]
+    if plan.trigram_terms:
+        tokens = list(dict.fromkeys(g for term in plan.trigram_terms for g in _trigrams(term)))
+        match = " AND ".join(_fts_phrase(t) for t in tokens)
+        return select(_fts_text.c.rowid.label("seq")).where(
+            text(f"{FTS_TRIGRAMS} MATCH :verified_match").bindparams(verified_match=match), *checks
+        )
+    grams = Table(FTS_GRAMS, MetaData(), Column("rowid", Integer))
+    match = " AND ".join(_fts_phrase(g) for g in plan.grams)
+    return (
+        select(_fts_text.c.rowid.label("seq"))
+        .select_from(grams.join(_fts_text, _fts_text.c.rowid == grams.c.rowid))
+        .where(text(f"{FTS_GRAMS} MATCH :verified_match").bindparams(verified_match=match), *checks)
+    )
 
 
 def exact_match(session: Session, term: str) -> Any:
