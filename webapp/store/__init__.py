@@ -1,7 +1,8 @@
 """The one data layer: plain typed functions over a SQLAlchemy session, one module per concern.
 
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
-- ``completions``: look up, list, save, update metadata, delete, history;
+- ``search``: the searchable text of a completion, how the search indexes narrow, excerpts;
+- ``completions``: look up, list, count, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 

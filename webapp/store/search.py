@@ -260,6 +260,9 @@ def exact_match(session: Session, term: str) -> Any:
 # --- Excerpts --------------------------------------------------------------------------------
 
 
+_SPACES = re.compile(r"\s+")
+
+
 @dataclass(frozen=True)
 class Excerpt:
     """The text around the first match: ``before`` + ``match`` (to mark) + ``after``."""
@@ -292,9 +295,10 @@ def excerpt(pieces: Iterable[str], terms: Iterable[str], *, width: int = 60) -> 
         start, end = origin[at], origin[at + len(term) - 1] + 1
         before = piece[max(0, start - width) : start]
         after = piece[end : end + width]
+        # On one line: runs of whitespace (newlines in a message) read as one space.
         return Excerpt(
-            before=("…" if start > width else "") + " ".join(before.split(" ")).lstrip(),
+            before=("…" if start > width else "") + _SPACES.sub(" ", before).lstrip(),
             match=piece[start:end],
-            after=after + ("…" if end + width < len(piece) else ""),
+            after=_SPACES.sub(" ", after).rstrip() + ("…" if end + width < len(piece) else ""),
         )
     return None
