@@ -147,6 +147,8 @@ def _copy(values: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> None:
 
 
 def _execute(statements: list[str]) -> None:
+    if db.engine.dialect.name == "postgresql":
+        statements = ["SET LOCAL statement_timeout = 0", *statements]
     for statement in statements:
         db.session.execute(text(statement))
     db.session.commit()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -24,12 +25,36 @@ DEFAULT_LIMIT = 20
 MIN_LIMIT = 1
 MAX_LIMIT = 100
 ORDERS = ("asc", "desc")
-# Search text: long enough for a pasted sentence, short enough that every term's index probe stays cheap.
+ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+# ``search`` text of a list: long enough for a pasted sentence, short enough that every term's
+# index probe stays cheap; refused past this many characters.
 MAX_SEARCH_LENGTH = 256
 # Unix seconds beyond this (about 31 million years) cannot be a completion's time, and
 # would overflow a database integer.
 MAX_TIMESTAMP = 10**15
 LIST_PARAMS = ("model", "after", "limit", "order", "search", "created_after", "created_before")
+# The size of the model column: a longer ``model`` filter cannot match anything.
+MAX_MODEL_LENGTH = 255
+
+
+def _encoded(characters: int) -> int:
+    """Return the bytes ``characters`` characters take in a URL at worst: four UTF-8 bytes each, each as ``%XX``."""
+    return 12 * characters
+
+
+# The longest request line a valid request needs: a list (the API's, or the admin list's with
+# the same names) with every parameter at its longest, percent-encoded at worst, both cursors
+# (the admin list's ``before`` too) and a ``created_*`` range of 20-digit numbers. About 134 KB;
+# the app answers anything longer with 414 (gunicorn's own limit stops at 8,190 bytes, too few).
+MAX_REQUEST_LINE = (
+    len("GET /v1/chat/completions? HTTP/1.1")
+    + MAX_METADATA_PAIRS * (len("&metadata%5B%5D=") + _encoded(MAX_METADATA_KEY_LENGTH + MAX_METADATA_VALUE_LENGTH))
+    + len("&search=") + _encoded(MAX_SEARCH_LENGTH)
+    + len("&model=") + _encoded(MAX_MODEL_LENGTH)
+    + len("&after=&before=") + 2 * _encoded(MAX_ID_LENGTH)
+    + len("&created_after=&created_before=") + 2 * 20
+    + len("&limit=100&order=desc")
+)
 
 Order = Literal["asc", "desc"]
 
@@ -226,12 +251,12 @@ def require_object(body: Any) -> dict[str, Any]:
 def _clean_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(raw.strip())
-    except ValueError:
+    # int() would also take "1_0", " 7 " and other scripts' digits ("١٠"): a limit is ASCII digits.
+    if not ASCII_INTEGER.fullmatch(raw):
         raise ValidationError(
             f"Invalid 'limit': expected an integer, but got '{raw}' instead.", "limit", "invalid_type"
-        ) from None
+        )
+    limit = int(raw)
     if limit < MIN_LIMIT:
         raise ValidationError(
             f"Invalid 'limit': integer below minimum value. Expected a value greater than or equal to "
@@ -307,7 +332,6 @@ def clean_search(raw: str | None) -> tuple[str, ...]:
     return search_terms(reject_nul(raw, "search"))
 
 
-_SECONDS = re.compile(r"[+-]?[0-9]+")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -328,7 +352,7 @@ def clean_timestamp(raw: str | int | None, param: str, *, days: bool = False) ->
     text = raw.strip()
     if days and not text:
         return None
-    if _SECONDS.fullmatch(text) and abs(int(text)) <= MAX_TIMESTAMP:
+    if ASCII_INTEGER.fullmatch(text) and abs(int(text)) <= MAX_TIMESTAMP:
         return int(text)
     if days and _DAY.fullmatch(text):
         try:
@@ -500,18 +524,43 @@ COMPLETION_FIELDS: tuple[tuple[str, type], ...] = (("id", str), ("created", int)
 IMPORT_FIELDS = COMPLETION_FIELDS + (("choices", list), ("messages", list))
 
 
-def clean_completion_id(value: str, *, param: str = "id") -> str:
-    """Return ``value`` if it can be a stored completion's id (1 to 255 characters, no NUL)."""
+def completion_id_fault(value: Any) -> str | None:
+    """Return why ``value`` cannot be a stored completion's id, or None when it can.
+
+    An id is 1 to 255 characters with no ``/`` (it would read as another path of the
+    API, such as ``{id}/messages``), no whitespace and no control characters (every id
+    any known model server makes fits).
+    """
+    if not isinstance(value, str):
+        return f"expected a string, but got {_type_name(value)} instead"
     if not value or len(value) > MAX_ID_LENGTH:
-        raise ValidationError(f"Invalid '{param}': expected 1 to {MAX_ID_LENGTH} characters.", param, "invalid_value")
-    return reject_nul(value, param)
+        return f"expected 1 to {MAX_ID_LENGTH} characters, but got {len(value)}"
+    for char in value:
+        if char == "/":
+            return "an id must not contain '/'"
+        if char.isspace():
+            return "an id must not contain whitespace"
+        if unicodedata.category(char) == "Cc":
+            return f"an id must not contain control characters (U+{ord(char):04X})"
+    return None
+
+
+def clean_completion_id(value: Any, *, param: str = "id") -> str:
+    """Return ``value`` if it can be a stored completion's id (:func:`completion_id_fault`);
+    raise ValidationError naming ``param`` otherwise."""
+    fault = completion_id_fault(value)
+    if fault is not None:
+        raise ValidationError(f"Invalid '{param}': {fault}.", param, "invalid_value")
+    return value
 
 
 def clean_completion(record: Any, *, required: tuple[tuple[str, type], ...] = COMPLETION_FIELDS) -> dict[str, Any]:
     """Return ``record`` if it is a chat completion the store can keep.
 
     It must be an object with the ``required`` fields of their types (by default a string
-    ``id`` by :func:`clean_completion_id`, an integer ``created`` and a string ``model``).
+    ``id``, an integer ``created`` and a string ``model`` without NUL). Whether the id
+    may be stored as it is is the caller's question: import refuses an unfit id
+    (:func:`clean_import_record`), a create mints a fresh one.
     Raises ValidationError naming the first field at fault.
     """
     record = require_object(record)
@@ -525,7 +574,6 @@ def clean_completion(record: Any, *, required: tuple[tuple[str, type], ...] = CO
                 name,
                 "invalid_type",
             )
-    clean_completion_id(record["id"])
     reject_nul(record["model"], "model")
     return record
 
@@ -534,9 +582,11 @@ def clean_import_record(record: Any) -> dict[str, Any]:
     """Return a completion object of the export format (``store``), ready for the store.
 
     Requires what :func:`clean_completion` does plus ``choices`` (array) and ``messages``
-    (array of objects); ``metadata`` by the metadata rules.
+    (array of objects), an id by :func:`clean_completion_id`, and ``metadata`` by the
+    metadata rules.
     """
     record = clean_completion(record, required=IMPORT_FIELDS)
+    clean_completion_id(record["id"])
     if not all(isinstance(m, dict) for m in record["messages"]):
         raise ValidationError("Invalid 'messages': every message must be an object.", "messages", "invalid_type")
     cleaned = dict(record)

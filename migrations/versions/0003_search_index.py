@@ -1,7 +1,7 @@
 """search index: searchable text columns, trigram and CJK gram indexes kept by the database
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-26 07:40:00
 
 SQLite: two FTS5 tables (``trigram`` on ``search_text``, with its own copy of the text;
@@ -17,8 +17,8 @@ from alembic import op
 from webapp.store.search import search_columns
 
 # revision identifiers, used by Alembic.
-revision = '0002'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
@@ -58,6 +58,8 @@ SQLITE_DOWN = [
     "DROP TABLE IF EXISTS completions_search",
 ]
 POSTGRESQL_UP = [
+    # Building an index over a large table takes longer than the app's statement timeout allows a request.
+    "SET LOCAL statement_timeout = 0",
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE INDEX ix_completions_search_trgm ON completions USING gin (search_text gin_trgm_ops)",
     "CREATE INDEX ix_completions_search_grams ON completions USING gin (string_to_array(search_grams, ' '))",

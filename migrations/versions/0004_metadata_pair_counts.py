@@ -1,7 +1,7 @@
 """metadata pair counts: how often two metadata pairs meet, kept by triggers
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-26 07:30:00
 
 Each completion_metadata row inserted counts once with every other pair its completion
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0003'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
@@ -54,6 +54,8 @@ SQLITE_DOWN = [
     "DROP TRIGGER IF EXISTS metadata_pair_count",
 ]
 POSTGRESQL_UP = [
+    # Building an index over a large table takes longer than the app's statement timeout allows a request.
+    "SET LOCAL statement_timeout = 0",
     f"""CREATE OR REPLACE FUNCTION metadata_pair_count() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP IN ('DELETE', 'UPDATE') THEN
