@@ -57,7 +57,7 @@ def shapes(repeat: int) -> list[Shape]:
 
 def main() -> None:
     args = arguments(__doc__ or "")
-    compare(lambda _rows: shapes(repeat), sizes=args.rows, urls=args.urls)
+    compare(lambda _rows: shapes(args.repeat), sizes=args.rows, urls=args.urls)
 
 
 if __name__ == "__main__":

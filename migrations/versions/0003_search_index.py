@@ -25,9 +25,9 @@ depends_on = None
 BATCH = 1000
 
 SQLITE_UP = [
-    # The trigram table keeps its own copy of the text: a count checks candidates against
-    # these narrow rows instead of reading whole completions.
-    "CREATE VIRTUAL TABLE completions_search USING fts5(search_text, tokenize='trigram case_sensitive 1', detail='none')",
+    # The trigram table keeps positions, so a term is a phrase of its trigrams and FTS5 matches
+    # it exactly as a substring; and its own copy of the text, for the terms it cannot decide.
+    "CREATE VIRTUAL TABLE completions_search USING fts5(search_text, tokenize='trigram case_sensitive 1')",
     "CREATE VIRTUAL TABLE completions_grams USING fts5(search_grams, content='completions', content_rowid='seq', "
     "tokenize='unicode61 remove_diacritics 0', detail='none')",
     # An external-content FTS5 table (grams) is told what to forget with the very values it indexed.

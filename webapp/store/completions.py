@@ -203,12 +203,12 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
 
     With a cap the answer is exact up to ``cap`` and ``cap + 1`` means "more than ``cap``",
     so a list page can say "10,000+" without reading every match. A count has no order to
-    keep: a common search is counted from the search index, its candidates checked
-    against the index's own narrow copy of the text where there is one (SQLite), and
-    only those are looked up for the other filters.
+    keep: on SQLite a common search is counted from the search indexes, which decide it
+    exactly (``search.indexed_matches``), and only those matches are looked up for the
+    other filters.
     """
     driver = _driver(session, filter)
-    verified = search.verified_matches(session, filter.search) if driver is None and filter.search else None
+    verified = search.indexed_matches(session, filter.search) if driver is None and filter.search else None
     if verified is None:
         matches = select(Completion.seq).where(*_conditions(session, filter, driver=driver))
     else:

@@ -37,9 +37,6 @@ from ..validation import fold
 FTS_TRIGRAMS = "completions_search"
 FTS_GRAMS = "completions_grams"
 TRIGRAM = 3
-# A term's index query uses at most this many of its trigrams (spread over the term): each
-# narrows less than the one before, and the exact test decides anyway.
-MAX_TRIGRAMS_PER_TERM = 8
 
 # Scripts written without spaces between words, where two-character words are common.
 _CJK_RANGES = (
@@ -133,14 +130,6 @@ def search_columns(*, body: Mapping[str, Any] | None, messages: Iterable[Any] | 
 # --- Narrowing and deciding ---------------------------------------------------------------------
 
 
-def _trigrams(term: str) -> list[str]:
-    grams = list(dict.fromkeys(term[i : i + TRIGRAM] for i in range(len(term) - TRIGRAM + 1)))
-    if len(grams) <= MAX_TRIGRAMS_PER_TERM:
-        return grams
-    step = (len(grams) - 1) / (MAX_TRIGRAMS_PER_TERM - 1)
-    return list(dict.fromkeys(grams[round(i * step)] for i in range(MAX_TRIGRAMS_PER_TERM)))
-
-
 def _short_grams(term: str) -> list[str]:
     """The gram-index words that every text holding the short ``term`` holds (none: it is not CJK)."""
     grams: list[str] = []
@@ -155,11 +144,16 @@ def _fts_phrase(token: str) -> str:
 
 @dataclass(frozen=True)
 class Narrowing:
-    """What the indexes can use of some search terms: trigrams, CJK grams, and the terms no index serves."""
+    """What the indexes can use of some search terms: trigrams, CJK grams, and the terms no index decides.
+
+    ``undecided``: the terms an index cannot decide on its own (too short for trigrams and not
+    wholly CJK); they are tested on the text itself.
+    """
 
     trigram_terms: tuple[str, ...]
     grams: tuple[str, ...]
     unindexed: tuple[str, ...]
+    undecided: tuple[str, ...] = ()
 
     @property
     def indexed(self) -> bool:
@@ -171,18 +165,36 @@ def narrowing(terms: Iterable[str]) -> Narrowing:
     trigram_terms: list[str] = []
     grams: list[str] = []
     unindexed: list[str] = []
+    undecided: list[str] = []
     for term in terms:
         if len(term) >= TRIGRAM:
             trigram_terms.append(term)
         elif short := _short_grams(term):
             grams.extend(short)
+            # A one- or two-character CJK term is itself a word of the gram index; "A股" is not.
+            if short != [term]:
+                undecided.append(term)
         else:
             unindexed.append(term)
-    return Narrowing(tuple(trigram_terms), tuple(dict.fromkeys(grams)), tuple(unindexed))
+            undecided.append(term)
+    return Narrowing(tuple(trigram_terms), tuple(dict.fromkeys(grams)), tuple(unindexed), tuple(undecided))
 
 
 def _like_pattern(term: str) -> str:
     return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# The SQLite FTS5 tables as tables: a rowid is the completion's seq; the trigram table keeps its own copy of the text.
+_fts_text = Table(FTS_TRIGRAMS, MetaData(), Column("rowid", Integer), Column("search_text", Text))
+_fts_grams = Table(FTS_GRAMS, MetaData(), Column("rowid", Integer))
+
+
+def _fts_select(table: Table, words: Iterable[str]) -> Any:
+    """The rowids of an FTS5 table matching every word (a phrase each: for trigrams, a substring)."""
+    match = " AND ".join(_fts_phrase(word) for word in words)
+    return select(table.c.rowid.label("seq")).where(
+        text(f"{table.name} MATCH :match_{table.name}").bindparams(**{f"match_{table.name}": match})
+    )
 
 
 def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
@@ -196,15 +208,10 @@ def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
     plan = narrowing(terms)
     sources: list[Any] = []
     if session.get_bind().dialect.name == "sqlite":
-        tokens = list(dict.fromkeys(g for term in plan.trigram_terms for g in _trigrams(term)))
-        for table, words in ((FTS_TRIGRAMS, tokens), (FTS_GRAMS, list(plan.grams))):
-            if words:
-                match = " AND ".join(_fts_phrase(word) for word in words)
-                sources.append(
-                    select(literal_column("rowid").label("seq"))
-                    .select_from(text(table))
-                    .where(text(f"{table} MATCH :match_{table}").bindparams(**{f"match_{table}": match}))
-                )
+        if plan.trigram_terms:
+            sources.append(_fts_select(_fts_text, plan.trigram_terms))
+        if plan.grams:
+            sources.append(_fts_select(_fts_grams, plan.grams))
         return sources
     if plan.trigram_terms:
         sources.append(
@@ -217,34 +224,28 @@ def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
     return sources
 
 
-# The SQLite trigram table as a table: its rowid is the completion's seq, and it keeps its own copy of the text.
-_fts_text = Table(FTS_TRIGRAMS, MetaData(), Column("rowid", Integer), Column("search_text", Text))
+def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
+    """Return a SELECT of the ``seq`` of every live completion holding all ``terms``, decided by the
+    SQLite indexes without reading a completion; None on PostgreSQL or when no term is indexable.
 
-
-def verified_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
-    """Return a SELECT of the ``seq`` of every live completion holding all ``terms``, decided exactly
-    on the trigram table's narrow copy of the text, without reading the completions; None
-    where there is no such copy (PostgreSQL) or no term is indexable.
-
-    Driven by the trigram index, or by the gram index when only short CJK terms are given.
+    The trigram table keeps positions (``detail=full``), so a term of three or more
+    characters is a phrase of its trigrams: FTS5 matches it exactly where it occurs as a
+    substring. A one- or two-character CJK term is itself a word of the gram table. Any
+    other term is tested with ``instr`` on the trigram table's own copy of the text.
     """
     plan = narrowing(terms)
     if session.get_bind().dialect.name != "sqlite" or not plan.indexed:
         return None
-    checks = [func.instr(_fts_text.c.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in terms]
-    if plan.trigram_terms:
-        tokens = list(dict.fromkeys(g for term in plan.trigram_terms for g in _trigrams(term)))
-        match = " AND ".join(_fts_phrase(t) for t in tokens)
-        return select(_fts_text.c.rowid.label("seq")).where(
-            text(f"{FTS_TRIGRAMS} MATCH :verified_match").bindparams(verified_match=match), *checks
-        )
-    grams = Table(FTS_GRAMS, MetaData(), Column("rowid", Integer))
-    match = " AND ".join(_fts_phrase(g) for g in plan.grams)
-    return (
-        select(_fts_text.c.rowid.label("seq"))
-        .select_from(grams.join(_fts_text, _fts_text.c.rowid == grams.c.rowid))
-        .where(text(f"{FTS_GRAMS} MATCH :verified_match").bindparams(verified_match=match), *checks)
-    )
+    checks = [func.instr(_fts_text.c.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in plan.undecided]
+    if not plan.trigram_terms:
+        grams = _fts_select(_fts_grams, plan.grams)
+        if not checks:
+            return grams
+        return select(_fts_text.c.rowid.label("seq")).where(_fts_text.c.rowid.in_(grams), *checks)
+    stmt = _fts_select(_fts_text, plan.trigram_terms)
+    if plan.grams:
+        stmt = stmt.where(_fts_text.c.rowid.in_(_fts_select(_fts_grams, plan.grams)))
+    return stmt.where(*checks)
 
 
 def exact_match(session: Session, term: str) -> Any:
