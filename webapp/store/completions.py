@@ -7,7 +7,7 @@ the caller decides the transaction (see ``extensions.write_transaction``).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import BigInteger, and_, bindparam, delete, exists, func, insert, or_, select, tuple_, update
@@ -103,41 +103,59 @@ def _seq_in(session: Session, seqs: list[int]) -> Any:
     return Completion.seq.in_(seqs)
 
 
-def _driver(session: Session, filter: Filter) -> list[int] | None:
+@dataclass(frozen=True)
+class _Driver:
+    """A small candidate set from one index, and the metadata pair it came from (its check is then redundant)."""
+
+    seqs: list[int]
+    pair: tuple[str, str] | None = None
+
+
+def _driver(session: Session, filter: Filter) -> _Driver | None:
     """Return the smallest candidate set an index gives for ``filter`` if one is small, else None.
 
-    Every index that can narrow the filter (the search terms' trigram and gram indexes,
-    each metadata pair) is probed for at most SELECTIVE_ROWS candidates. Two metadata
-    pairs that never meet (``metadata_pair_counts``) give the empty set at once.
+    Two metadata pairs that never meet (``metadata_pair_counts``) give the empty set at
+    once. On SQLite, whose planner cannot tell a rare filter from a common one, every index
+    that can narrow the filter (the search terms' trigram and gram indexes, each metadata
+    pair) is probed for at most SELECTIVE_ROWS candidates. PostgreSQL's planner knows (its
+    statistics cover the metadata index and the GIN indexes), so it is given the indexable
+    conditions and chooses itself.
     """
     if _pairs_never_meet(session, filter.metadata):
-        return []
-    sources = search.candidate_sources(session, filter.search) if filter.search else []
-    sources += [_metadata_rows(key, value) for key, value in filter.metadata.items()]
-    driver: list[int] | None = None
-    for source in sources:
+        return _Driver([])
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    sources: list[tuple[Any, tuple[str, str] | None]] = [
+        (source, None) for source in (search.candidate_sources(session, filter.search) if filter.search else [])
+    ]
+    sources += [(_metadata_rows(key, value), (key, value)) for key, value in filter.metadata.items()]
+    driver: _Driver | None = None
+    for source, pair in sources:
         seqs = _probe(session, source)
-        if seqs is not None and (driver is None or len(seqs) < len(driver)):
-            driver = seqs
-            if not driver:
+        if seqs is not None and (driver is None or len(seqs) < len(driver.seqs)):
+            driver = _Driver(seqs, pair)
+            if not seqs:
                 break
     return driver
 
 
-def _conditions(session: Session, filter: Filter, *, driver: list[int] | None, text: bool = True) -> list[Any]:
+def _conditions(session: Session, filter: Filter, *, driver: _Driver | None) -> list[Any]:
     """Return the row conditions of ``filter``: the driving set (if any), then every check, decided exactly."""
     conditions: list[Any] = [Completion.deleted.is_(False)]
     if driver is not None:
-        conditions.append(_seq_in(session, driver))
+        conditions.append(_seq_in(session, driver.seqs))
     if filter.model is not None:
         conditions.append(Completion.model == filter.model)
     if filter.created_after is not None:
         conditions.append(Completion.created >= filter.created_after)
     if filter.created_before is not None:
         conditions.append(Completion.created < filter.created_before)
-    conditions += [_metadata_check(key, value) for key, value in filter.metadata.items()]
-    if text:
-        conditions += [search.exact_match(session, term) for term in filter.search]
+    # The driving pair's own check would only repeat it (and lead PostgreSQL to a worse plan).
+    conditions += [_metadata_check(key, value) for key, value in filter.metadata.items() if driver is None or (key, value) != driver.pair]
+    conditions += [search.exact_match(session, term) for term in filter.search]
+    if driver is None:
+        # PostgreSQL's GIN indexes, for its planner to use or not (none on SQLite: it was probed).
+        conditions += search.index_conditions(session, filter.search)
     return conditions
 
 

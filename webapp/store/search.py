@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, bindparam, func, literal_column, select, text
+from sqlalchemy import Column, Integer, and_, MetaData, String, Table, Text, bindparam, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -213,15 +213,23 @@ def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
         if plan.grams:
             sources.append(_fts_select(_fts_grams, plan.grams))
         return sources
+    return [select(Completion.seq).where(condition) for condition in index_conditions(session, terms)]
+
+
+def index_conditions(session: Session, terms: tuple[str, ...]) -> list[Any]:
+    """Return the PostgreSQL row conditions its GIN indexes serve for ``terms`` (empty on SQLite):
+    one for the trigram terms (``LIKE``), one for the CJK grams (array containment)."""
+    plan = narrowing(terms)
+    if session.get_bind().dialect.name == "sqlite":
+        return []
+    conditions: list[Any] = []
     if plan.trigram_terms:
-        sources.append(
-            select(Completion.seq).where(*(Completion.search_text.like(_like_pattern(t), escape="\\") for t in plan.trigram_terms))
-        )
+        conditions.append(and_(*(Completion.search_text.like(_like_pattern(t), escape="\\") for t in plan.trigram_terms)))
     if plan.grams:
         # Written exactly as the migration's index expression, so that the GIN index serves it.
         words = func.string_to_array(Completion.search_grams, literal_column("' '"), type_=ARRAY(Text))
-        sources.append(select(Completion.seq).where(words.contains(bindparam("grams", list(plan.grams), type_=ARRAY(Text)))))
-    return sources
+        conditions.append(words.contains(bindparam("grams", list(plan.grams), type_=ARRAY(Text))))
+    return conditions
 
 
 def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
