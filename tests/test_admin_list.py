@@ -134,7 +134,7 @@ def test_paging_keeps_the_filter(admin: Admin, many: list[str]) -> None:
     assert sum(pages, []) == expected and len(pages) == 2
 
 
-def test_a_page_is_one_query_and_never_a_count(admin: Admin, many: list[str]) -> None:
+def test_a_page_is_one_query_and_counts_only_up_to_a_cap(admin: Admin, many: list[str]) -> None:
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
