@@ -74,6 +74,14 @@ BAD_LIST_QUERIES = [
     BadQuery("nul-in-filter", [("metadata[k]", "a\x00b")], "metadata.k", "invalid_value"),
     BadQuery("filter-key-twice", [("metadata[team]", "red"), ("metadata[team]", "blue")], "metadata.team", "invalid_value"),
     BadQuery("filter-value-too-long", [("metadata[topic]", "x" * 513)], "metadata.topic", "string_above_max_length"),
+    BadQuery("created-after-yesterday", [("created_after", "yesterday")], "created_after", "invalid_type"),
+    BadQuery("created-before-fraction", [("created_before", "1700000000.5")], "created_before", "invalid_type"),
+    BadQuery("created-after-a-date", [("created_after", "2025-10-09")], "created_after", "invalid_type"),
+    BadQuery("created-after-huge", [("created_after", "9" * 30)], "created_after", "invalid_type"),
+    BadQuery("unknown-parameter", [("serch", "refund")], "serch", "unknown_parameter"),
+    BadQuery("unknown-metadata-shape", [("metadata.team", "red")], "metadata.team", "unknown_parameter"),
+    BadQuery("search-too-long", [("search", "x" * (validation.MAX_SEARCH_LENGTH + 1))], "search", "string_above_max_length"),
+    BadQuery("nul-in-search", [("search", "a\x00b")], "search", "invalid_value"),
 ]
 
 
@@ -120,6 +128,8 @@ FILTER_CASES = [
     FilterCase("model", "gpt-a", [], ["c1", "c3", "c5"]),
     FilterCase("one-pair", None, [("team", "red")], ["c0", "c1", "c2"]),
     FilterCase("two-pairs", None, [("team", "red"), ("n", "2")], ["c2"]),
+    FilterCase("two-pairs-never-together", None, [("team", "red"), ("n", "4")], []),
+    FilterCase("three-pairs", "gpt-b", [("team", "blue"), ("n", "4"), ("n2", "x")], []),
     FilterCase("model-and-pair", "gpt-b", [("team", "blue")], ["c4"]),
     FilterCase("no-such-value", None, [("team", "green")], []),
     FilterCase("no-such-model", "gpt-z", [], []),
@@ -133,3 +143,128 @@ def message_of(rule: Callable[[Any], Any], value: Any) -> str:
     except validation.ValidationError as exc:
         return exc.message
     raise AssertionError(f"{value!r} passes {rule.__name__}")
+
+
+# --- Search -----------------------------------------------------------------------------------
+
+SEARCH_SECOND = 1_700_100_000
+
+
+def _reply(content: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": content, "refusal": None, **fields}
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": f"call_{name}", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# (id, model, metadata, input messages, reply message): created one second apart, in this order.
+SEARCH_CORPUS: list[tuple[str, str, dict[str, str], list[dict[str, Any]], dict[str, Any]]] = [
+    ("s-refund", "gpt-a", {"team": "red"}, [{"role": "user", "content": "I want a REFUND for my order"}], _reply("Sure, refunds take 3 days.")),
+    ("s-ticket", "gpt-b", {"team": "blue"}, [{"role": "user", "content": "Is this ticket nonrefundable?"}], _reply("Yes, it is.")),
+    (
+        "s-turns", "gpt-a", {"team": "red"},
+        [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "Hi! How can I help?"},
+            {"role": "user", "content": "Where is my parcel?"},
+        ],
+        _reply("It ships tomorrow."),
+    ),
+    ("s-joke", "gpt-b", {}, [{"role": "user", "content": "Tell me a joke"}], _reply("Knock knock. Xylophone who?")),
+    ("s-tool", "gpt-a", {}, [{"role": "user", "content": "Status please"}], _reply(None, tool_calls=[_call("lookup_order", '{"order_id": "ZX-4471"}')])),
+    ("s-zh", "gpt-b", {"team": "blue"}, [{"role": "user", "content": "你好，我想申请退款，谢谢"}], _reply("好的，我们会开发票给您。")),
+    ("s-ja", "gpt-a", {}, [{"role": "user", "content": "この商品を返品したいです"}], _reply("かしこまりました。返金いたします。")),
+    ("s-ar", "gpt-b", {}, [{"role": "user", "content": "أريد استرداد أموالي من فضلك"}], _reply("بالتأكيد، سنعيد المبلغ.")),
+    ("s-de", "gpt-a", {}, [{"role": "user", "content": "Wie lang ist die Straße?"}], _reply("ΣΟΦΙΑ weiß es.")),
+    ("s-refusal", "gpt-b", {}, [{"role": "user", "content": "Teach me"}], {"role": "assistant", "content": None, "refusal": "I cannot help with lockpicking."}),
+    (
+        "s-parts", "gpt-a", {},
+        [{"role": "user", "content": [{"type": "text", "text": "Describe this invoice photo"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}],
+        _reply("A receipt."),
+    ),
+    (
+        "s-input-tool", "gpt-b", {},
+        [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", '{"city": "Reykjavík"}')]},
+            {"role": "tool", "tool_call_id": "call_get_weather", "content": "Cold"},
+        ],
+        _reply("It is cold."),
+    ),
+    ("s-gone", "gpt-a", {"team": "red"}, [{"role": "user", "content": "refund the deleted one 退款"}], _reply("ok")),
+]
+DELETED_SEARCH_IDS = ["s-gone"]
+
+
+@dataclass(frozen=True)
+class SearchCase:
+    """A search (and other filters) over ``SEARCH_CORPUS`` and the ids it finds, oldest first."""
+
+    id: str
+    search: str
+    expected: list[str]
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def api_query(self) -> list[tuple[str, str]]:
+        return [("search", self.search), *self.extra]
+
+
+def _at(name: str) -> str:
+    return str(SEARCH_SECOND + [row[0] for row in SEARCH_CORPUS].index(name))
+
+
+SEARCH_CASES = [
+    SearchCase("word", "refund", ["s-refund", "s-ticket"]),
+    SearchCase("any-case", "ReFuNd", ["s-refund", "s-ticket"]),
+    SearchCase("plural-in-reply", "REFUNDS", ["s-refund"]),
+    SearchCase("inside-a-longer-word", "efundab", ["s-ticket"]),
+    SearchCase("later-turn", "parcel", ["s-turns"]),
+    SearchCase("earlier-assistant-turn", "how can i", ["s-turns"]),
+    SearchCase("reply-only", "xylophone", ["s-joke"]),
+    SearchCase("tool-call-arguments", "zx-4471", ["s-tool"]),
+    SearchCase("tool-call-name", "lookup_order", ["s-tool"]),
+    SearchCase("input-tool-call", "reykjavík get_weather", ["s-input-tool"]),
+    SearchCase("refusal", "lockpicking", ["s-refusal"]),
+    SearchCase("text-part", "invoice", ["s-parts"]),
+    SearchCase("chinese-two-characters", "退款", ["s-zh"]),
+    SearchCase("chinese-in-reply", "发票", ["s-zh"]),
+    SearchCase("chinese-one-character", "款", ["s-zh"]),
+    SearchCase("chinese-longer", "申请退款", ["s-zh"]),
+    SearchCase("japanese", "返品", ["s-ja"]),
+    SearchCase("japanese-kana", "かしこまりました", ["s-ja"]),
+    SearchCase("arabic", "استرداد", ["s-ar"]),
+    SearchCase("german-sharp-s", "STRASSE", ["s-de"]),
+    SearchCase("greek-case", "σοφια", ["s-de"]),
+    SearchCase("short-latin-term", "zx", ["s-tool"]),
+    SearchCase("several-terms", "refund order", ["s-refund"]),
+    SearchCase("several-terms-any-order", "ticket REFUND", ["s-ticket"]),
+    SearchCase("terms-never-together", "refund parcel", []),
+    SearchCase("with-model", "refund", ["s-ticket"], (("model", "gpt-b"),)),
+    SearchCase("with-metadata", "refund", ["s-refund"], (("metadata[team]", "red"),)),
+    SearchCase("with-created-after", "refund", ["s-ticket"], (("created_after", _at("s-ticket")),)),
+    SearchCase("with-created-before", "refund", ["s-refund"], (("created_before", _at("s-ticket")),)),
+    SearchCase("created-range-only", "", ["s-ticket", "s-turns"], (("created_after", _at("s-ticket")), ("created_before", _at("s-joke")))),
+    SearchCase("no-match", "quetzalcoatl", []),
+    SearchCase("blank", "   ", [row[0] for row in SEARCH_CORPUS if row[0] not in DELETED_SEARCH_IDS]),
+]
+
+
+def search_records() -> list[dict[str, Any]]:
+    """Return ``SEARCH_CORPUS`` as export-format records."""
+    records = []
+    for offset, (cid, model, metadata, messages, reply) in enumerate(SEARCH_CORPUS):
+        records.append(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": SEARCH_SECOND + offset,
+                "model": model,
+                "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+                "metadata": metadata,
+                "messages": messages,
+            }
+        )
+    return records

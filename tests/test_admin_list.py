@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import event, select
@@ -16,7 +17,7 @@ from webapp.extensions import db
 from webapp.models import MetadataChange
 
 from .admin_helpers import Admin, element, metadata_of, text
-from .cases import FILTER_CASES, FilterCase, message_of
+from .cases import FILTER_CASES, SEARCH_CASES, FilterCase, SearchCase, message_of
 from .helpers import completion_body, seed
 
 
@@ -133,7 +134,7 @@ def test_paging_keeps_the_filter(admin: Admin, many: list[str]) -> None:
     assert sum(pages, []) == expected and len(pages) == 2
 
 
-def test_a_page_is_one_query_and_never_a_count(admin: Admin, many: list[str]) -> None:
+def test_a_page_is_one_query_and_counts_only_up_to_a_cap(admin: Admin, many: list[str]) -> None:
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -274,3 +275,84 @@ def test_the_export_form_carries_the_current_filter(admin: Admin, seeded: list) 
 def test_a_bad_export_request_goes_back_to_the_list(admin: Admin, seeded: list, query: str) -> None:
     response = admin.get(f"/export?{query}")
     assert response.status_code == 302
+
+
+# --- Search, dates, count, excerpts ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: c.id)
+def test_the_list_finds_what_the_api_finds(admin: Admin, searchable: list, case: SearchCase) -> None:
+    query = urlencode([("search", case.search)] + [(name, value) for name, value in case.extra if not name.startswith("metadata[")]
+                      + [("metadata", f"{name[9:-1]}={value}") for name, value in case.extra if name.startswith("metadata[")])
+    page = admin.page(f"/?{query}")
+    assert listed(page) == case.expected[::-1]
+    count = len(case.expected)
+    noun = ("match" if count == 1 else "matches") if (case.search.strip() or case.extra) else "completions"
+    assert text(element(page, "match-count")) == f"{count} {noun}"
+
+
+def test_each_row_shows_the_first_match_marked(admin: Admin, searchable: list) -> None:
+    page = admin.page("/?search=REFUND")
+    assert "I want a <mark>REFUND</mark> for my order" in page
+    assert "Is this ticket non<mark>refund</mark>able?" in page
+    assert "<mark>退款</mark>" in admin.page("/?search=退款")
+    assert "Stra<mark>ße</mark>" in admin.page("/?search=SSE")
+    assert 'name="search" id="filter-search" value="REFUND"' in page
+
+
+def test_an_excerpt_is_escaped(admin: Admin, app) -> None:
+    seed(completion_body("x1", content='<script>alert("refund")</script>' + " tail" * 40))
+    page = admin.page("/?search=refund")
+    assert '&lt;script&gt;alert(&#34;<mark>refund</mark>&#34;)&lt;/script&gt; tail' in page
+    assert "<script>alert" not in page
+
+
+def test_the_count_stops_at_the_cap(admin: Admin, app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webapp.admin.views.COUNT_CAP", 3)
+    seed(*(completion_body(f"n{i}", content=f"refund {i}") for i in range(5)))
+    assert text(element(admin.page("/?search=refund"), "match-count")) == "3+ matches"
+    assert text(element(admin.page("/?search=refund%201"), "match-count")) == "1 match"
+    assert text(element(admin.page("/"), "match-count")) == "3+ completions"
+
+
+def test_dates_are_utc_days_and_the_to_day_is_included(admin: Admin, app) -> None:
+    day = 1_760_000_000 - 1_760_000_000 % 86_400  # 2025-10-09 00:00 UTC
+    seed(*(completion_body(f"d{i}", created=day + offset) for i, offset in enumerate([-1, 0, 86_399, 86_400])))
+    response = admin.get("/?search=&created_after=2025-10-09&created_to=2025-10-09")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/?created_after=2025-10-09&created_before=2025-10-10"
+    page = admin.page(response.headers["Location"])
+    assert listed(page) == ["d2", "d1"]
+    assert 'id="filter-from" value="2025-10-09"' in page and 'id="filter-to" value="2025-10-09"' in page
+    assert listed(admin.page(f"/?created_after={day}&created_before={day + 86_400}")) == ["d2", "d1"]
+    assert admin.get("/?created_to=2025-10-08").headers["Location"] == "/?created_before=2025-10-09"
+
+
+@pytest.mark.parametrize(
+    "query, field, param",
+    [
+        ("created_after=yesterday", "filter-from", "created_after"),
+        ("created_before=2025-02-30", "filter-to", "created_before"),
+        ("search=" + "x" * 257, "filter-search", "search"),
+    ],
+)
+def test_a_bad_search_or_date_is_shown_beside_its_input(admin: Admin, searchable: list, query: str, field: str, param: str) -> None:
+    response = admin.get(f"/?{query}")
+    page = response.get_data(as_text=True)
+    value = query.partition("=")[2]
+    assert response.status_code == 400 and listed(page) == []
+    assert element(page, f"{field}-error")
+    assert text(element(page, f"{field}-error")) == message_of(
+        lambda v: validation.clean_filters(days=True, **{param: v}), value
+    )
+
+
+def test_downloads_and_bulk_changes_take_the_whole_filter(admin: Admin, searchable: list) -> None:
+    query = "search=refund&created_before=" + str(1_700_100_001)
+    page = admin.page(f"/?{query}")
+    form = page[page.index('action="/export"') : page.index("</form>", page.index('action="/export"'))]
+    assert 'name="search" value="refund"' in form and 'name="created_before" value="1700100001"' in form
+    assert [r["id"] for r in lines(admin.get(f"/export?{query}"))] == ["s-refund"]
+    response = bulk(admin, key="label", value="refunds", scope="all", search="refund", created_before="1700100001")
+    assert response.status_code == 303 and "search=refund" in response.headers["Location"]
+    assert metadata_of("s-refund")["label"] == "refunds" and "label" not in metadata_of("s-ticket")

@@ -6,13 +6,26 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
+from sqlalchemy import text as sa_text
 
-from webapp import validation
-from webapp.extensions import db
-from webapp.models import CompletionMetadata, MetadataChange
+from webapp import store, validation
+from webapp.extensions import db, write_transaction
+from webapp.models import Completion, CompletionMetadata, MetadataChange, MetadataPairCount
+from webapp.store import completions, search
 
-from .cases import BAD_LIST_QUERIES, BAD_METADATA, FILTER_CASES, BadMetadata, BadQuery, FilterCase, message_of
+from .cases import (
+    BAD_LIST_QUERIES,
+    BAD_METADATA,
+    FILTER_CASES,
+    SEARCH_CASES,
+    BadMetadata,
+    BadQuery,
+    FilterCase,
+    SearchCase,
+    message_of,
+)
 from .helpers import completion_body, seed
 
 URL = "/v1/chat/completions"
@@ -214,3 +227,102 @@ def test_revoked_key_is_refused(client: FlaskClient, runner, api_key: str) -> No
 def test_healthz_needs_no_key(client: FlaskClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+# --- Search, time range ---------------------------------------------------------------------------
+
+
+def search_ids(client: FlaskClient, auth: dict, query: list[tuple[str, str]]) -> list[str]:
+    response = client.get(URL, query_string=query + [("limit", "100")], headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return ids(response.get_json())
+
+
+@pytest.fixture(params=["indexes-drive", "walk-the-order"])
+def plan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a query can go: driven by a small candidate set from an index, or walking the
+    order (every candidate set "large"), where counts are driven by the search index."""
+    if request.param == "walk-the-order":
+        monkeypatch.setattr(completions, "SELECTIVE_ROWS", 1)
+    return request.param
+
+
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: c.id)
+def test_search(client: FlaskClient, auth: dict, searchable: list, case: SearchCase, plan: str) -> None:
+    assert search_ids(client, auth, case.api_query()) == case.expected
+    selection = validation.clean_list_query(case.api_query()).filter
+    assert store.count_completions(db.session, filter=selection) == len(case.expected)
+    assert store.count_completions(db.session, filter=selection, cap=1) == min(2, len(case.expected))
+
+
+@pytest.mark.parametrize("case", FILTER_CASES, ids=lambda c: c.id)
+def test_filter_counts(client: FlaskClient, auth: dict, seeded: list, case: FilterCase, plan: str) -> None:
+    assert ids(client.get(f"{URL}?{case.api_query()}", headers=auth).get_json()) == case.expected
+    selection = validation.clean_filters(model=case.model, metadata=case.metadata)
+    assert store.count_completions(db.session, filter=selection, cap=100) == len(case.expected)
+
+
+def test_a_changed_text_is_found_by_its_new_text_at_once(client: FlaskClient, auth: dict, searchable: list) -> None:
+    record = dict(searchable[0])
+    record["choices"] = [{**record["choices"][0], "message": {"role": "assistant", "content": "Exchange granted", "refusal": None}}]
+    record["messages"] = [{"role": "user", "content": "Swap it"}]
+    seed(record)
+    assert search_ids(client, auth, [("search", "exchange")]) == ["s-refund"]
+    assert search_ids(client, auth, [("search", "refund")]) == ["s-ticket"]
+
+
+def test_deleted_and_purged_completions_are_never_found(client: FlaskClient, auth: dict, searchable: list) -> None:
+    assert client.delete(f"{URL}/s-zh", headers=auth).status_code == 200
+    with write_transaction() as session:
+        # What a purge does: the rows go, tombstones included.
+        session.execute(sa_delete(Completion).where(Completion.id.in_(["s-ja", "s-gone"])))
+    for term in ("退款", "申请退款", "返品", "かしこまりました", "deleted"):
+        assert search_ids(client, auth, [("search", term)]) == []
+    # The index forgot them too (it only narrows, so this is about its size, not the answers).
+    for term in ("退款", "返品した"):
+        assert [db.session.scalars(source).all() for source in search.candidate_sources(db.session, (term,))] == [[]]
+    seed(searchable[5])
+    assert search_ids(client, auth, [("search", "退款")]) == ["s-zh"]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_paging_a_search_one_at_a_time_returns_each_match_once(client: FlaskClient, auth: dict, app, order: str) -> None:
+    seed(*(completion_body(f"p-{i:02d}", created=1_700_000_000 + i // 3, content=f"refund {i}" if i % 2 else f"other {i}") for i in range(30)))
+    seen, after = [], None
+    while True:
+        query = [("search", "refund"), ("limit", "1"), ("order", order)] + ([("after", after)] if after else [])
+        body = client.get(URL, query_string=query, headers=auth).get_json()
+        seen += ids(body)
+        if not body["has_more"]:
+            break
+        after = body["last_id"]
+    expected = [f"p-{i:02d}" for i in range(30) if i % 2]
+    assert seen == (expected if order == "asc" else expected[::-1])
+
+
+def test_counts_stop_at_the_cap(app, searchable: list) -> None:
+    everything = validation.clean_filters()
+    assert store.count_completions(db.session, filter=everything) == len(searchable) - 1
+    assert store.count_completions(db.session, filter=everything, cap=5) == 6
+    assert store.count_completions(db.session, filter=validation.clean_filters(search="refund")) == 2
+    assert store.count_completions(db.session, filter=validation.clean_filters(search="zx refund")) == 0
+
+
+def test_the_metadata_pair_counts_follow_every_write(client: FlaskClient, auth: dict, seeded: list) -> None:
+    """What the database keeps for "these two pairs never meet" equals a fresh count after creates, updates, deletes and a purge."""
+    client.post(f"{URL}/c0", json={"metadata": {"team": "blue", "n": "4", "x": "1"}}, headers=auth)
+    client.post(f"{URL}/c1", json={"metadata": None}, headers=auth)
+    client.delete(f"{URL}/c2", headers=auth)
+    seed(completion_body("c9", metadata={"team": "red", "n": "4"}), {**seeded[3], "metadata": {"team": "red"}})
+    with write_transaction() as session:
+        session.execute(sa_delete(Completion).where(Completion.id == "c5"))
+    fresh = db.session.execute(
+        sa_text(
+            "SELECT a.key, a.value, b.key, b.value, count(*) FROM completion_metadata a JOIN completion_metadata b "
+            "ON b.completion_seq = a.completion_seq AND a.key < b.key GROUP BY a.key, a.value, b.key, b.value"
+        )
+    ).all()
+    kept = db.session.execute(select(MetadataPairCount.key_a, MetadataPairCount.value_a, MetadataPairCount.key_b, MetadataPairCount.value_b, MetadataPairCount.count).where(MetadataPairCount.count > 0)).all()
+    assert sorted(map(tuple, kept)) == sorted(map(tuple, fresh))
+    assert ids(client.get(f"{URL}?metadata[team]=blue&metadata[n]=4", headers=auth).get_json()) == ["c0", "c4"]
+    assert ids(client.get(f"{URL}?metadata[team]=red&metadata[n]=4", headers=auth).get_json()) == ["c9"]

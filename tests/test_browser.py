@@ -129,6 +129,33 @@ def test_sign_in_filter_by_metadata_and_open_a_completion(tab: Tab) -> None:
     expect(tab.page.get_by_text("Say hello (c3)")).to_be_visible()
 
 
+def test_search_a_date_range_count_excerpt_and_paging(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    day = 1_760_000_000 - 1_760_000_000 % 86_400  # 2025-10-09 00:00 UTC
+    seed(
+        *(completion_body(f"r{i:02d}", created=day + i * 600, content=f"Refund #{i} approved, 我们会退款") for i in range(60)),
+        completion_body("older", created=day - 86_400, content="refund from the day before"),
+        completion_body("other", created=day + 60, content="Nothing to see"),
+    )
+    tab.goto("/")
+    tab.page.get_by_label("Text").fill("REFUND 退款")
+    tab.page.get_by_label("From (UTC day)").fill("2025-10-09")
+    tab.page.get_by_label("To (UTC day, included)").fill("2025-10-09")
+    tab.page.get_by_role("button", name="Apply filter").click()
+    expect(tab.page).to_have_url(tab.base + "/?search=REFUND+%E9%80%80%E6%AC%BE&created_after=2025-10-09&model=&metadata=&created_before=2025-10-10")
+    expect(tab.page.locator("#match-count")).to_have_text("60 matches")
+    first = tab.page.locator("td.excerpt").first
+    expect(first.locator("mark")).to_have_text("Refund")
+    expect(first).to_contain_text("#59 approved")
+    assert listed(tab)[:2] == ["r59", "r58"] and len(listed(tab)) == 50
+    expect(tab.page.get_by_label("To (UTC day, included)")).to_have_value("2025-10-09")
+    tab.page.get_by_role("link", name="Older →").click()
+    assert listed(tab) == [f"r{i:02d}" for i in range(9, -1, -1)], "the filter is kept on the next page"
+    expect(tab.page.locator("#match-count")).to_have_text("60 matches")
+    expect(tab.page.get_by_label("Text")).to_have_value("REFUND 退款")
+
+
 def test_add_change_and_remove_pairs_then_see_them_after_reload(tab: Tab) -> None:
     from playwright.sync_api import expect
 

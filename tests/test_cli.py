@@ -16,7 +16,7 @@ from webapp.extensions import db
 from webapp.models import ApiKey, Completion, MetadataChange, User
 
 from .admin_helpers import PASSWORD, USERNAME, make_user, sign_in
-from .cases import BAD_IDS
+from .cases import BAD_IDS, SEARCH_SECOND
 from .helpers import completion_body, seed
 
 
@@ -259,9 +259,35 @@ def test_export_filters(runner, seeded) -> None:
     assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["c4"]
 
 
-def test_export_rejects_a_bad_filter(runner) -> None:
-    result = runner.invoke(args=["export", "--metadata", "team"])
-    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["--search", "退款"], ["s-zh"]),
+        (["--search", "REFUND", "--model", "gpt-b"], ["s-ticket"]),
+        (["--search", "refund", "--created-after", str(SEARCH_SECOND + 1)], ["s-ticket"]),
+        (["--created-after", "2023-11-16", "--created-before", str(SEARCH_SECOND + 2)], ["s-refund", "s-ticket"]),
+        (["--created-before", "2023-11-16"], []),
+    ],
+)
+def test_export_takes_the_whole_filter(runner, searchable, options: list[str], expected: list[str]) -> None:
+    result = runner.invoke(args=["export", *options])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == expected
+
+
+@pytest.mark.parametrize(
+    "options, option, message",
+    [
+        (["--metadata", "team"], "--metadata", "KEY=VALUE"),
+        (["--created-after", "yesterday"], "--created-after", "expected a whole number of seconds since 1970-01-01 UTC or a date YYYY-MM-DD"),
+        (["--created-before", "2025-02-30"], "--created-before", "but got '2025-02-30'"),
+        (["--search", "x" * 257], "--search", "string too long"),
+        (["--model", "a\x00b"], "--model", "NUL"),
+    ],
+)
+def test_export_rejects_a_bad_filter(runner, options: list[str], option: str, message: str) -> None:
+    result = runner.invoke(args=["export", *options])
+    assert result.exit_code == 2 and option in result.output and message in result.output
 
 
 def test_export_chat_format_is_fine_tuning_ready(runner, app) -> None:
@@ -382,3 +408,11 @@ def test_import_changes_metadata_and_brings_a_deleted_completion_back(runner, cl
     latest = store.metadata_history(db.session, completion_id="c2")[0]
     assert (latest.actor, latest.before, latest.after) == ("import", {"team": "red", "n": "2"}, {"team": "green"})
     assert store.metadata_history(db.session, completion_id="c1")[0].before == {}
+
+
+def test_purge_takes_the_search_and_dates_too(runner, searchable) -> None:
+    result = runner.invoke(args=["purge", "--older-than", "1", "--search", "退款", "--created-before", str(SEARCH_SECOND + 6), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Purged 1 completions" in result.output
+    left = [json.loads(line)["id"] for line in runner.invoke(args=["export"]).output.splitlines()]
+    assert "s-zh" not in left and "s-refund" in left and len(left) == len(searchable) - 2

@@ -105,3 +105,18 @@ def test_read_only_key_is_permission_denied(live_server: LiveServer, tied: list[
         reader.chat.completions.update("chatcmpl-tie-01", metadata={"a": "b"})
     with pytest.raises(openai.PermissionDeniedError):
         reader.chat.completions.delete("chatcmpl-tie-01")
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_search_and_dates_through_extra_query_auto_page(client: openai.OpenAI, app, order: str) -> None:
+    seed(*(completion_body(f"q-{i:02d}", created=SECOND + i // 4, content=f"请帮我申请退款 {i}" if i % 3 else f"Other {i}") for i in range(40)))
+    query = {"search": "退款", "created_after": SECOND + 2, "created_before": SECOND + 9}
+    seen = [c.id for c in client.chat.completions.list(limit=3, order=order, extra_query=query)]
+    expected = [f"q-{i:02d}" for i in range(40) if i % 3 and 2 <= i // 4 < 9]
+    assert seen == (expected if order == "asc" else expected[::-1])
+
+
+def test_an_unknown_parameter_is_a_bad_request(client: openai.OpenAI, app) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.list(extra_query={"serch": "refund"})
+    assert (info.value.param, info.value.code) == ("serch", "unknown_parameter")

@@ -114,6 +114,38 @@ def test_the_same_filter_twice_is_fine_but_two_values_for_one_key_are_refused() 
     assert info.value.param == "metadata.team"
 
 
+@pytest.mark.parametrize(
+    "raw, days, expected",
+    [
+        ("1760000000", False, 1_760_000_000),
+        (" 1760000000 ", False, 1_760_000_000),
+        ("0", False, 0),
+        ("2025-10-09", True, 1_759_968_000),
+        ("1760000000", True, 1_760_000_000),
+        ("", True, None),
+        (None, False, None),
+    ],
+)
+def test_created_bounds_are_unix_seconds_or_utc_days(raw: str | None, days: bool, expected: int | None) -> None:
+    assert validation.clean_timestamp(raw, "created_after", days=days) == expected
+
+
+def test_an_inclusive_to_day_means_before_the_next_day() -> None:
+    assert validation.inclusive_day_end("2025-10-09") == "2025-10-10"
+    assert validation.inclusive_day_end("2024-02-29") == "2024-03-01"
+    assert validation.day_of(1_760_054_400, inclusive_end=True) == "2025-10-09"
+    assert validation.day_of(1_759_968_000) == "2025-10-09"
+    with pytest.raises(ValidationError) as info:
+        validation.inclusive_day_end("9 Oct")
+    assert (info.value.param, info.value.code) == ("created_before", "invalid_type")
+
+
+def test_search_text_is_case_folded_terms_in_order_without_repeats() -> None:
+    assert validation.clean_search("  Refund  STRASSE refund\t退款 ") == ("refund", "strasse", "退款")
+    assert validation.clean_search("   ") == ()
+    assert validation.clean_search("x" * validation.MAX_SEARCH_LENGTH) == ("x" * validation.MAX_SEARCH_LENGTH,)
+
+
 @pytest.mark.parametrize("completion_id", BAD_IDS)
 def test_ids_that_break_the_id_rule_are_refused(completion_id: str) -> None:
     assert validation.completion_id_fault(completion_id) is not None

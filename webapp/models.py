@@ -60,6 +60,20 @@ class Completion(db.Model):
     metadata_map: Mapped[dict[str, str] | None] = mapped_column("metadata", Json)
     version: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Case-folded searchable text and its CJK grams (store.search.search_columns); NULL once
+    # deleted. The search indexes over them are not described here: see SEARCH_INDEX_NAMES.
+    search_text: Mapped[str | None] = mapped_column(Text)
+    search_grams: Mapped[str | None] = mapped_column(Text)
+
+
+# The search indexes the migration creates by hand (SQLite FTS5 tables with their shadow
+# tables and triggers, PostgreSQL GIN indexes): schema comparisons leave these names alone.
+SEARCH_INDEX_NAMES = ("completions_search", "completions_grams", "ix_completions_search_trgm", "ix_completions_search_grams")
+
+
+def is_search_index(name: str | None) -> bool:
+    """Return whether a schema object belongs to the hand-made search indexes."""
+    return name is not None and name.startswith(SEARCH_INDEX_NAMES)
 
 
 class CompletionMetadata(db.Model):
@@ -73,6 +87,23 @@ class CompletionMetadata(db.Model):
     )
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(512))
+
+
+class MetadataPairCount(db.Model):
+    """How many live completions hold two metadata pairs together (``key_a`` < ``key_b``).
+
+    Kept by database triggers on ``completion_metadata`` (created by the migration), so
+    every write path keeps it right. A filter on two pairs that never meet is answered from
+    here at once instead of by walking every row that holds one of them.
+    """
+
+    __tablename__ = "metadata_pair_counts"
+
+    key_a: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value_a: Mapped[str] = mapped_column(String(512), primary_key=True)
+    key_b: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value_b: Mapped[str] = mapped_column(String(512), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class MetadataChange(db.Model):

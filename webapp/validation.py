@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
 MAX_METADATA_PAIRS = 16
@@ -31,8 +32,13 @@ ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 # A fit id at a glance (every create checks one): no "/", no whitespace (``\s`` is what
 # str.isspace() calls whitespace), no control character (Unicode's Cc: U+0000-U+001F, U+007F-U+009F).
 FIT_ID = re.compile(r"[^/\s\x00-\x1f\x7f-\x9f]{1,%d}" % MAX_ID_LENGTH)
-# ``search`` text of a list (issue 9) is refused past this many characters.
-MAX_SEARCH_LENGTH = 1000
+# ``search`` text of a list: long enough for a pasted sentence, short enough that every term's
+# index probe stays cheap; refused past this many characters.
+MAX_SEARCH_LENGTH = 256
+# Unix seconds beyond this (about 31 million years) cannot be a completion's time, and
+# would overflow a database integer.
+MAX_TIMESTAMP = 10**15
+LIST_PARAMS = ("model", "after", "limit", "order", "search", "created_after", "created_before")
 # The size of the model column: a longer ``model`` filter cannot match anything.
 MAX_MODEL_LENGTH = 255
 
@@ -90,6 +96,16 @@ class Filter:
 
     model: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # Search terms, case-folded (see :func:`search_terms`): every one must occur in the completion's text.
+    search: tuple[str, ...] = ()
+    # Unix seconds: created at or after ``created_after``, strictly before ``created_before``.
+    created_after: int | None = None
+    created_before: int | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        """Return whether this filter leaves anything out (False: every live completion)."""
+        return bool(self.model or self.metadata or self.search) or (self.created_after, self.created_before) != (None, None)
 
 
 @dataclass(frozen=True)
@@ -298,12 +314,103 @@ def clean_page_query(pairs: Iterable[tuple[str, str]]) -> PageQuery:
     )
 
 
-def clean_filters(*, model: str | None = None, metadata: Iterable[tuple[str, str]] = ()) -> Filter:
+def fold(text: str) -> str:
+    """Return ``text`` case-folded: the one way stored text and search terms are made case-insensitive, in every script."""
+    return text.casefold()
+
+
+def search_terms(text: str) -> tuple[str, ...]:
+    """Return the distinct case-folded terms of a search text, split on whitespace, in order."""
+    return tuple(dict.fromkeys(fold(text).split()))
+
+
+def clean_search(raw: str | None) -> tuple[str, ...]:
+    """Return the terms of ``search`` (blank: none); raise ValidationError if it is too long or holds NUL."""
+    if raw is None:
+        return ()
+    if len(raw) > MAX_SEARCH_LENGTH:
+        raise ValidationError(
+            f"Invalid 'search': string too long. Expected a string with maximum length {MAX_SEARCH_LENGTH}, "
+            f"but got a string with length {len(raw)} instead.",
+            "search",
+            "string_above_max_length",
+        )
+    return search_terms(reject_nul(raw, "search"))
+
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def day_start(day: date) -> int:
+    """Return the unix time of 00:00 UTC on ``day``."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp())
+
+
+def clean_timestamp(raw: str | int | None, param: str, *, days: bool = False) -> int | None:
+    """Return the unix seconds of ``created_after``/``created_before`` (None when absent or blank in a form).
+
+    The API takes whole seconds only; with ``days`` (the admin UI, the command line) a
+    ``YYYY-MM-DD`` is accepted too and means 00:00 UTC of that day. Raises ValidationError
+    (``invalid_type``) for anything else.
+    """
+    if raw is None or isinstance(raw, int):
+        return raw
+    text = raw.strip()
+    if days and not text:
+        return None
+    if ASCII_INTEGER.fullmatch(text) and abs(int(text)) <= MAX_TIMESTAMP:
+        return int(text)
+    if days and _DAY.fullmatch(text):
+        try:
+            return day_start(date.fromisoformat(text))
+        except ValueError:
+            pass
+    wanted = "a whole number of seconds since 1970-01-01 UTC" + (" or a date YYYY-MM-DD" if days else "")
+    raise ValidationError(f"Invalid '{param}': expected {wanted}, but got '{raw}' instead.", param, "invalid_type")
+
+
+def inclusive_day_end(text: str) -> str:
+    """Return the ``created_before`` a form's inclusive "to" date means: the next day, ``YYYY-MM-DD``.
+
+    Raises ValidationError (param ``created_before``) if ``text`` is not a date.
+    """
+    try:
+        day = date.fromisoformat(text.strip()) if _DAY.fullmatch(text.strip()) else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise ValidationError(
+            f"Invalid 'created_before': expected a date YYYY-MM-DD, but got '{text}' instead.", "created_before", "invalid_type"
+        )
+    return (day + timedelta(days=1)).isoformat()
+
+
+def day_of(seconds: int, *, inclusive_end: bool = False) -> str:
+    """Return the UTC day (``YYYY-MM-DD``) a date input shows for unix time ``seconds``.
+
+    ``inclusive_end``: ``seconds`` is an exclusive bound, so the day shown is the one
+    holding its last included second.
+    """
+    moment = datetime.fromtimestamp(seconds - (1 if inclusive_end else 0), tz=timezone.utc)
+    return moment.date().isoformat()
+
+
+def clean_filters(
+    *,
+    model: str | None = None,
+    metadata: Iterable[tuple[str, str]] = (),
+    search: str | None = None,
+    created_after: str | int | None = None,
+    created_before: str | int | None = None,
+    days: bool = False,
+) -> Filter:
     """Return the one filter value every door hands the store.
 
     ``model`` is exact (blank means any); ``metadata`` is (KEY, VALUE) pairs that must
     all match, by the metadata rules (at most 16; one key asked for two different values
-    is refused, not silently narrowed). Raises ValidationError naming the API's field.
+    is refused, not silently narrowed); ``search`` is split into terms by
+    :func:`clean_search`; ``created_after``/``created_before`` by :func:`clean_timestamp`
+    (``days``: ``YYYY-MM-DD`` accepted too). Raises ValidationError naming the API's field.
     """
     filters: dict[str, str] = {}
     for key, value in metadata:
@@ -316,21 +423,41 @@ def clean_filters(*, model: str | None = None, metadata: Iterable[tuple[str, str
                 part="value",
             )
         filters[key] = value
-    return Filter(model=reject_nul(model, "model") if model else None, metadata=clean_metadata(filters))
+    return Filter(
+        model=reject_nul(model, "model") if model else None,
+        metadata=clean_metadata(filters),
+        search=clean_search(search),
+        created_after=clean_timestamp(created_after, "created_after", days=days),
+        created_before=clean_timestamp(created_before, "created_before", days=days),
+    )
 
 
 def clean_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
     """Return the cleaned ``GET /chat/completions`` query given as (name, value) pairs.
 
-    ``metadata[KEY]=VALUE`` pairs and ``model`` make the filter (:func:`clean_filters`);
-    paging as :func:`clean_page_query`. Unknown names are ignored, as OpenAI ignores them.
+    ``metadata[KEY]=VALUE`` pairs, ``model``, ``search``, ``created_after`` and
+    ``created_before`` make the filter (:func:`clean_filters`); paging as
+    :func:`clean_page_query`. Any other name is refused (``unknown_parameter``): a typo
+    must never silently widen a filter.
     """
     pairs = list(pairs)
-    model = next((value for name, value in pairs if name == "model"), None)
+    for name, _value in pairs:
+        if name not in LIST_PARAMS and not (name.startswith("metadata[") and name.endswith("]")):
+            raise ValidationError(f"Unrecognized query parameter: '{name}'.", name, "unknown_parameter")
+    first = {}
+    for name, value in pairs:
+        first.setdefault(name, value)
     metadata = [
         (name[len("metadata[") : -1], value) for name, value in pairs if name.startswith("metadata[") and name.endswith("]")
     ]
-    return ListQuery(filter=clean_filters(model=model, metadata=metadata), page=clean_page_query(pairs))
+    selection = clean_filters(
+        model=first.get("model"),
+        metadata=metadata,
+        search=first.get("search"),
+        created_after=first.get("created_after"),
+        created_before=first.get("created_before"),
+    )
+    return ListQuery(filter=selection, page=clean_page_query(pairs))
 
 
 def parse_metadata_filter(text: str) -> tuple[str, str]:

@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Blueprint
 
+from ..store import search
+
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 INLINE_IMAGE_TYPES = ("data:image/png;", "data:image/jpeg;", "data:image/gif;", "data:image/webp;")
 
@@ -138,6 +140,11 @@ def metadata_diff(before: dict[str, str] | None, after: dict[str, str] | None) -
     return diff
 
 
+def search_excerpt(row: Any, terms: tuple[str, ...]) -> search.Excerpt | None:
+    """Return the excerpt of a completion row around the first match of ``terms`` (None if none occurs)."""
+    return search.excerpt(search.text_pieces(body=row.body, messages=row.messages), terms)
+
+
 def register(bp: Blueprint) -> None:
     """Make every function above a template filter or test of the app."""
     for name, function in {
@@ -151,6 +158,7 @@ def register(bp: Blueprint) -> None:
         "role_class": role_class,
         "actor_label": actor_label,
         "metadata_diff": metadata_diff,
+        "search_excerpt": search_excerpt,
     }.items():
         bp.add_app_template_filter(function, name)
     bp.add_app_template_test(is_inline_image, "inline_image")

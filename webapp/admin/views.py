@@ -28,6 +28,8 @@ from .display import shorten
 from .forms import ApiKeyForm, BulkForm, LoginForm, MetadataForm, RestoreForm, RevokeKeyForm, attach_error
 
 PAGE_SIZE = 50
+# The list counts its matches exactly up to this many, then says "10,000+".
+COUNT_CAP = store.COUNT_CAP
 # How many ids, and how many reasons, a flashed message names before "and N more" (flashes live in the cookie).
 FLASH_IDS = 5
 FLASH_REASONS = 3
@@ -81,30 +83,52 @@ def logout() -> BaseResponse:
 # --- The list ---------------------------------------------------------------------------------
 
 
+# The list's filter inputs besides model and metadata, named as the API names them.
+TEXT_FILTERS = ("search", "created_after", "created_before")
+
+
 @dataclass(frozen=True)
 class Filters:
     """The list's filter as typed (kept in the URL, so a view can be bookmarked) and as cleaned."""
 
     model: str | None = None
     texts: list[str] = field(default_factory=list)
+    # ``search``, ``created_after``, ``created_before`` as typed (a date YYYY-MM-DD or unix seconds).
+    typed: dict[str, str] = field(default_factory=dict)
     filter: Filter = field(default_factory=Filter)
-    # An error beside one KEY=VALUE input (by position), or about the filter as a whole.
+    # An error beside one KEY=VALUE input (by position), beside one of TEXT_FILTERS (by name),
+    # or about the filter as a whole.
     errors: dict[int, str] = field(default_factory=dict)
+    field_errors: dict[str, str] = field(default_factory=dict)
     error: str | None = None
 
     @property
     def valid(self) -> bool:
-        return not self.errors and self.error is None
+        return not self.errors and not self.field_errors and self.error is None
+
+    @property
+    def active(self) -> bool:
+        """Whether anything narrows the list."""
+        return bool(self.model or self.texts or self.typed)
 
     def args(self) -> dict[str, Any]:
         """Return the URL arguments that carry this filter."""
-        return {"model": self.model, "metadata": self.texts}
+        return {"model": self.model, "metadata": self.texts, **self.typed}
+
+    def day(self, name: str) -> str:
+        """Return the day a date input shows for ``created_after`` or (inclusive) ``created_before``."""
+        seconds = getattr(self.filter, name)
+        if seconds is None:
+            return self.typed.get(name, "") if name in self.field_errors else ""
+        return validation.day_of(seconds, inclusive_end=name == "created_before")
 
 
 def read_filters(values: MultiDict[str, str]) -> Filters:
-    """Return the filter in a query or form: ``model`` and repeated ``metadata=KEY=VALUE`` (blank ones ignored)."""
+    """Return the filter in a query or form: ``model``, repeated ``metadata=KEY=VALUE`` (blank ones
+    ignored), ``search``, ``created_after`` and ``created_before`` (dates or unix seconds)."""
     model = values.get("model") or None
     texts = [text for text in values.getlist("metadata") if text.strip()]
+    typed = {name: values[name] for name in TEXT_FILTERS if values.get(name, "").strip()}
     pairs: list[tuple[str, str]] = []
     errors: dict[int, str] = {}
     for index, text in enumerate(texts):
@@ -113,12 +137,35 @@ def read_filters(values: MultiDict[str, str]) -> Filters:
         except ValidationError as exc:
             errors[index] = exc.message
     if errors:
-        return Filters(model=model, texts=texts, errors=errors)
+        return Filters(model=model, texts=texts, typed=typed, errors=errors)
     try:
-        cleaned = validation.clean_filters(model=model, metadata=pairs)
+        cleaned = validation.clean_filters(model=model, metadata=pairs, days=True, **typed)
     except ValidationError as exc:
-        return Filters(model=model if exc.param != "model" else None, texts=texts, error=exc.message)
-    return Filters(model=model, texts=texts, filter=cleaned)
+        if exc.param in TEXT_FILTERS:
+            return Filters(model=model, texts=texts, typed=typed, field_errors={exc.param: exc.message})
+        return Filters(model=model if exc.param != "model" else None, texts=texts, typed=typed, error=exc.message)
+    return Filters(model=model, texts=texts, typed=typed, filter=cleaned)
+
+
+def inclusive_to_redirect(values: MultiDict[str, str]) -> BaseResponse | None:
+    """Redirect a filter form's inclusive "to" date (``created_to``) to the URL's ``created_before``, the day after.
+
+    The URL keeps the API's parameter names; the form asks people the question they think in.
+    """
+    if "created_to" not in values:
+        return None
+    # Blank inputs say nothing: leave them out of the URL.
+    args = MultiDict(
+        [(name, value) for name, value in values.items(multi=True) if name != "created_to" and (name not in TEXT_FILTERS or value.strip())]
+    )
+    to = values.get("created_to", "").strip()
+    args.pop("created_before", None)
+    if to:
+        try:
+            args["created_before"] = validation.inclusive_day_end(to)
+        except ValidationError:
+            args["created_before"] = to  # shown back beside the input with the rule's message
+    return redirect(url_for("admin.completion_list", **args.to_dict(flat=False)))
 
 
 @dataclass(frozen=True)
@@ -161,12 +208,15 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
             return redirect(url_for("admin.completion_list", **filters.args()))
     else:
         status = 400
+    count = store.count_completions(db.session, filter=filters.filter, cap=COUNT_CAP) if filters.valid else None
     return (
         render_template(
             "admin/completion_list.html",
             filters=filters,
             models=store.list_models(db.session),
             page=page,
+            count=count,
+            count_cap=COUNT_CAP,
             after=after,
             before=before,
             bulk=bulk or BulkForm(formdata=None),
@@ -178,8 +228,8 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
 
 @bp.get("/")
 def completion_list() -> Any:
-    """List completions, newest first, filtered by model and metadata, a keyset page at a time."""
-    return render_list(request.args)
+    """List completions, newest first, filtered by model, metadata, text and dates, a keyset page at a time."""
+    return inclusive_to_redirect(request.args) or render_list(request.args)
 
 
 @bp.post("/bulk")

@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -127,13 +127,27 @@ def import_command(file: IO[bytes]) -> None:
         raise click.ClickException("Some lines were not imported: fix the lines named above and run the import again (it is safe to repeat).")
 
 
-def clean_filter_options(*, model: str | None, metadata: tuple[str, ...]) -> validation.Filter:
-    """Return the filter of ``--model`` and ``--metadata KEY=VALUE`` options, by the API's rules."""
+def clean_filter_options(
+    *,
+    model: str | None,
+    metadata: tuple[str, ...],
+    search: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
+) -> validation.Filter:
+    """Return the filter of ``--model``, ``--metadata KEY=VALUE``, ``--search`` and the created range, by the API's rules.
+
+    The dates take unix seconds or ``YYYY-MM-DD`` (00:00 UTC). A bad value is reported
+    against its option.
+    """
     try:
         pairs = [validation.parse_metadata_filter(text) for text in metadata]
-        return validation.clean_filters(model=model, metadata=pairs)
+        return validation.clean_filters(
+            model=model, metadata=pairs, search=search, created_after=created_after, created_before=created_before, days=True
+        )
     except validation.ValidationError as exc:
-        raise click.BadParameter(exc.message, param_hint="--model" if exc.param == "model" else "--metadata") from None
+        option = "--metadata" if (exc.param or "metadata").startswith("metadata") else "--" + (exc.param or "").replace("_", "-")
+        raise click.BadParameter(exc.message, param_hint=option) from None
 
 
 def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -141,9 +155,23 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--model", help="Only completions of this model.")
     @click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+    @click.option("--search", help="Words that must all occur in the text (any case, any language).")
+    @click.option("--created-after", metavar="WHEN", help="Created at or after: unix seconds or YYYY-MM-DD (00:00 UTC).")
+    @click.option("--created-before", metavar="WHEN", help="Created strictly before: unix seconds or YYYY-MM-DD.")
     @functools.wraps(command)
-    def with_selection(*args: Any, model: str | None, metadata_filters: tuple[str, ...], **kwargs: Any) -> Any:
-        return command(*args, selection=clean_filter_options(model=model, metadata=metadata_filters), **kwargs)
+    def with_selection(
+        *args: Any,
+        model: str | None,
+        metadata_filters: tuple[str, ...],
+        search: str | None,
+        created_after: str | None,
+        created_before: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        selection = clean_filter_options(
+            model=model, metadata=metadata_filters, search=search, created_after=created_after, created_before=created_before
+        )
+        return command(*args, selection=selection, **kwargs)
 
     return with_selection
 

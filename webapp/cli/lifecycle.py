@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -95,8 +95,9 @@ def purge_command(older_than: int | None, selection: validation.Filter, dry_run:
             lambda session: len(store.purge_batch(session, filter=selection, created_before=cutoff, limit=PURGE_BATCH)), bar.update
         )
     click.echo(f"Purged {purged} completions created before {when} ({days} days ago).")
-    if not selection.metadata:
-        # Completions deleted earlier left their history of metadata values: that goes too.
+    if not replace(selection, model=None).narrowed:
+        # Completions deleted earlier left their history of metadata values: that goes too (only
+        # when nothing but the model narrows: a deleted completion has no metadata or text to match).
         cleared = in_batches(
             lambda session: store.purge_deleted_history_batch(session, model=selection.model, created_before=cutoff, limit=PURGE_BATCH),
             lambda _count: None,

@@ -1,7 +1,8 @@
 """The one data layer: plain typed functions over a SQLAlchemy session, one module per concern.
 
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
-- ``completions``: look up, list, save, update metadata, delete, history;
+- ``search``: the searchable text of a completion, how the search indexes narrow, excerpts;
+- ``completions``: look up, list, count, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
 - ``imports``: upserting many completions in one batch of statements (import, sync);
 - ``retention``: purging old completions in short batches;
@@ -17,6 +18,7 @@ of the modules is available here.
 from .base import NameTaken, Page, hash_secret
 from .bulk import BulkResult, get_metadata_change, set_metadata_key
 from .completions import (
+    COUNT_CAP,
     CompletionNotFound,
     IdsExhausted,
     PreconditionFailed,
@@ -78,6 +80,7 @@ from .users import (
 )
 
 __all__ = [
+    "COUNT_CAP",
     "BatchOutcome",
     "BulkResult",
     "CompletionNotFound",

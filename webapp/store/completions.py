@@ -10,15 +10,17 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, tuple_, update
+from sqlalchemy import BigInteger, Connection, and_, bindparam, delete, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
-from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
+from ..models import Completion, CompletionMetadata, MetadataChange, MetadataPairCount, utcnow
 from ..validation import MAX_ID_LENGTH, Filter, Order, PageQuery, ValidationError, completion_id_fault
+from . import search
 from .base import Page, storable
 from .shapes import etag, message_objects
 
@@ -52,34 +54,123 @@ def get_completion(session: Session, *, completion_id: str) -> Completion:
     return row
 
 
-# Below this many matches SQLite reads a metadata filter's matches from its index and sorts them;
-# above it, walking the (created, seq) index and checking each row finds a page sooner.
-SELECTIVE_FILTER_ROWS = 2000
+# Below this many candidates, an index's matches are read out and sorted; above it, walking the
+# (created, seq) index and checking each row finds a page sooner.
+SELECTIVE_ROWS = 2000
+# How far a list page counts its matches exactly ("10,000+" beyond).
+COUNT_CAP = 10_000
 
 
-def _metadata_condition(session: Session, key: str, value: str) -> Any:
-    """Return the WHERE condition for one ``metadata[key]=value`` filter, shaped for the planner at hand.
+def _probe(session: Session, seqs: Any) -> list[int] | None:
+    """Return the seqs a candidate SELECT yields if there are fewer than SELECTIVE_ROWS, else None."""
+    found = list(session.scalars(seqs.limit(SELECTIVE_ROWS)))
+    return found if len(found) < SELECTIVE_ROWS else None
 
-    PostgreSQL knows how common each value is and plans the EXISTS either way. SQLite's
-    planner does not, so a bounded count on the covering (key, value, seq) index decides.
-    """
-    matches = select(CompletionMetadata.completion_seq).where(
-        CompletionMetadata.key == key, CompletionMetadata.value == value
+
+def _metadata_rows(key: str, value: str) -> Any:
+    return select(CompletionMetadata.completion_seq).where(CompletionMetadata.key == key, CompletionMetadata.value == value)
+
+
+def _metadata_check(key: str, value: str) -> Any:
+    """The row condition for one ``metadata[key]=value`` filter: a primary-key lookup per row."""
+    return exists().where(
+        CompletionMetadata.completion_seq == Completion.seq, CompletionMetadata.key == key, CompletionMetadata.value == value
     )
-    if session.get_bind().dialect.name == "sqlite":
-        probe = select(func.count()).select_from(matches.limit(SELECTIVE_FILTER_ROWS).subquery())
-        if (session.scalar(probe) or 0) < SELECTIVE_FILTER_ROWS:
-            return Completion.seq.in_(matches)
-    return exists(matches.where(CompletionMetadata.completion_seq == Completion.seq))
+
+
+def _pairs_never_meet(session: Session, metadata: Mapping[str, str]) -> bool:
+    """Return whether two of the filter's pairs are held together by no live completion.
+
+    ``metadata_pair_counts`` (kept by triggers) knows: one primary-key lookup per two
+    pairs. Without it, two common pairs that never meet would walk every row holding one.
+    """
+    pairs = sorted(metadata.items())
+    meetings = [(a, b) for i, a in enumerate(pairs) for b in pairs[i + 1 :]]
+    if not meetings:
+        return False
+    wanted = or_(
+        *(
+            and_(
+                MetadataPairCount.key_a == ka, MetadataPairCount.value_a == va, MetadataPairCount.key_b == kb, MetadataPairCount.value_b == vb
+            )
+            for (ka, va), (kb, vb) in meetings
+        )
+    )
+    met = session.scalar(select(func.count()).where(wanted, MetadataPairCount.count > 0)) or 0
+    return met < len(meetings)
+
+
+def _seq_in(session: Session, seqs: list[int]) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        # One array parameter: the planner sees the real row count and reads them by primary key.
+        return Completion.seq == func.any(bindparam("driver_seqs", seqs, type_=ARRAY(BigInteger)))
+    return Completion.seq.in_(seqs)
+
+
+@dataclass(frozen=True)
+class _Driver:
+    """A small candidate set from one index, and the metadata pair it came from (its check is then redundant)."""
+
+    seqs: list[int]
+    pair: tuple[str, str] | None = None
+
+
+def _driver(session: Session, filter: Filter) -> _Driver | None:
+    """Return the smallest candidate set an index gives for ``filter`` if one is small, else None.
+
+    Two metadata pairs that never meet (``metadata_pair_counts``) give the empty set at
+    once. On SQLite, whose planner cannot tell a rare filter from a common one, every index
+    that can narrow the filter (the search terms' trigram and gram indexes, each metadata
+    pair) is probed for at most SELECTIVE_ROWS candidates. PostgreSQL's planner knows (its
+    statistics cover the metadata index and the GIN indexes), so it is given the indexable
+    conditions and chooses itself.
+    """
+    if _pairs_never_meet(session, filter.metadata):
+        return _Driver([])
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    sources: list[tuple[Any, tuple[str, str] | None]] = [
+        (source, None) for source in (search.candidate_sources(session, filter.search) if filter.search else [])
+    ]
+    sources += [(_metadata_rows(key, value), (key, value)) for key, value in filter.metadata.items()]
+    driver: _Driver | None = None
+    for source, pair in sources:
+        seqs = _probe(session, source)
+        if seqs is not None and (driver is None or len(seqs) < len(driver.seqs)):
+            driver = _Driver(seqs, pair)
+            if not seqs:
+                break
+    return driver
+
+
+def _conditions(session: Session, filter: Filter, *, driver: _Driver | None) -> list[Any]:
+    """Return the row conditions of ``filter``: the driving set (if any), then every check, decided exactly."""
+    conditions: list[Any] = [Completion.deleted.is_(False)]
+    if driver is not None:
+        conditions.append(_seq_in(session, driver.seqs))
+    if filter.model is not None:
+        conditions.append(Completion.model == filter.model)
+    if filter.created_after is not None:
+        conditions.append(Completion.created >= filter.created_after)
+    if filter.created_before is not None:
+        conditions.append(Completion.created < filter.created_before)
+    # The driving pair's own check would only repeat it (and lead PostgreSQL to a worse plan).
+    conditions += [_metadata_check(key, value) for key, value in filter.metadata.items() if driver is None or (key, value) != driver.pair]
+    conditions += [search.exact_match(session, term) for term in filter.search]
+    if driver is None:
+        # PostgreSQL's GIN indexes, for its planner to use or not (none on SQLite: it was probed).
+        conditions += search.index_conditions(session, filter.search)
+    return conditions
 
 
 def _filtered(session: Session, stmt: Any, *, filter: Filter) -> Any:
-    stmt = stmt.where(Completion.deleted.is_(False))
-    if filter.model is not None:
-        stmt = stmt.where(Completion.model == filter.model)
-    for key, value in filter.metadata.items():
-        stmt = stmt.where(_metadata_condition(session, key, value))
-    return stmt
+    """Add ``filter`` to ``stmt``, shaped so that the database reads as few rows as it can.
+
+    A small candidate set from an index (:func:`_driver`) drives the query and the rest is
+    checked row by row; when every set is large, walking the order's index and checking
+    rows finds a page at once. Every match is decided exactly.
+    """
+    return stmt.where(*_conditions(session, filter, driver=_driver(session, filter)))
 
 
 def _keyset(stmt: Any, *, after: str | None, order: Order) -> Any:
@@ -129,9 +220,29 @@ def iter_completions(session: Session, *, filter: Filter, order: Order = "asc", 
         session.expunge_all()
 
 
-def count_completions(session: Session, *, filter: Filter) -> int:
-    """Return how many live completions match ``filter`` (for progress bars, not for list pages)."""
-    return session.scalar(_filtered(session, select(func.count()).select_from(Completion), filter=filter)) or 0
+def count_completions(session: Session, *, filter: Filter, cap: int | None = None) -> int:
+    """Return how many live completions match ``filter``; with ``cap``, counting stops past it.
+
+    With a cap the answer is exact up to ``cap`` and ``cap + 1`` means "more than ``cap``",
+    so a list page can say "10,000+" without reading every match. A count has no order to
+    keep: on SQLite a common search is counted from the search indexes, which decide it
+    exactly (``search.indexed_matches``), and only those matches are looked up for the
+    other filters.
+    """
+    driver = _driver(session, filter)
+    verified = search.indexed_matches(session, filter.search) if driver is None and filter.search else None
+    if verified is None:
+        matches = select(Completion.seq).where(*_conditions(session, filter, driver=driver))
+    else:
+        rest = replace(filter, search=())
+        if rest.narrowed:
+            verified = verified.where(
+                exists(select(Completion.seq).where(Completion.seq == verified.selected_columns[0], *_conditions(session, rest, driver=None)))
+            )
+        matches = verified
+    if cap is not None:
+        matches = matches.limit(cap + 1)
+    return session.scalar(select(func.count()).select_from(matches.subquery())) or 0
 
 
 def list_messages(session: Session, *, completion_id: str, query: PageQuery) -> Page:
@@ -262,6 +373,8 @@ def completion_values(*, body: Mapping[str, Any], messages: list[Any], metadata:
     completion onto its row: every write path, single or batched, goes through here).
 
     ``body`` is the completion object; ``metadata`` and ``messages`` in it are ignored.
+    The values include ``search_text`` and ``search_grams`` (see ``store.search``), so a
+    batch insert of these values is searchable at once.
     """
     stored = {key: value for key, value in body.items() if key not in ("metadata", "messages")}
     stored["object"] = "chat.completion"
@@ -273,6 +386,8 @@ def completion_values(*, body: Mapping[str, Any], messages: list[Any], metadata:
         "messages": messages,
         "metadata_map": dict(metadata),
         "deleted": False,
+        # The searchable text, from which the database keeps the search indexes.
+        **search.search_columns(body=stored, messages=messages),
     }
 
 

@@ -1,0 +1,313 @@
+"""Text search over completions: what text is searchable, how the index narrows, how a match is decided.
+
+Every write computes two columns with :func:`search_columns` (through
+``completions.completion_values``, the one function every write path uses):
+
+- ``search_text``: the case-folded searchable text (input messages: string content, text
+  parts, tool call names and arguments; every reply: content, refusal, tool call names and
+  arguments), pieces joined by newlines. A trigram index serves it: SQLite's FTS5
+  ``trigram`` table ``completions_search``, PostgreSQL's ``pg_trgm`` GIN index.
+- ``search_grams``: the CJK characters and CJK character pairs of that text, space-separated,
+  for terms shorter than a trigram (``退款``, ``发票``): FTS5 ``unicode61`` table
+  ``completions_grams`` on SQLite, a GIN index on its words on PostgreSQL.
+
+The database keeps both indexes itself (triggers on SQLite, index maintenance on
+PostgreSQL, all created by the migration), in the transaction of the write. A deleted
+completion has both columns NULL, so no index holds it. The index only narrows: a final
+exact substring test on ``search_text`` decides every match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Integer, and_, MetaData, String, Table, Text, bindparam, func, literal_column, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from ..models import Completion
+from ..validation import fold
+
+# The SQLite FTS5 tables (external content on ``completions``) and the PostgreSQL indexes
+# the migration creates; models.py does not describe them (see ``models.SEARCH_INDEX_NAMES``).
+FTS_TRIGRAMS = "completions_search"
+FTS_GRAMS = "completions_grams"
+TRIGRAM = 3
+
+# Scripts written without spaces between words, where two-character words are common.
+_CJK_RANGES = (
+    (0x3005, 0x3007),  # 々 〆 〇
+    (0x3040, 0x30FF),  # Hiragana, Katakana (with ー)
+    (0x3400, 0x4DBF),  # CJK Extension A
+    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
+    (0xAC00, 0xD7AF),  # Hangul syllables
+    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
+    (0xFF66, 0xFF9F),  # Halfwidth Katakana
+    (0x20000, 0x3FFFF),  # CJK Extensions B and later
+)
+
+
+_CJK_RUN = re.compile("[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES) + "]+")
+
+
+def is_cjk(char: str) -> bool:
+    """Return whether ``char`` belongs to a script the two-character index covers."""
+    return _CJK_RUN.fullmatch(char) is not None
+
+
+def _content_texts(content: Any) -> Iterator[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                for name in ("text", "refusal"):
+                    if isinstance(part.get(name), str):
+                        yield part[name]
+
+
+def _call_texts(message: Mapping[str, Any]) -> Iterator[str]:
+    calls = list(message.get("tool_calls") or []) if isinstance(message.get("tool_calls"), list) else []
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"function": message["function_call"]})
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            for name in ("name", "arguments"):
+                value = function.get(name)
+                if isinstance(value, str):
+                    yield value
+                elif value is not None:
+                    yield json.dumps(value, ensure_ascii=False)
+
+
+def text_pieces(*, body: Mapping[str, Any] | None, messages: Iterable[Any] | None) -> list[str]:
+    """Return the searchable texts of a completion as written (not folded), inputs first, then each reply."""
+    pieces: list[str] = []
+    for message in messages or []:
+        if isinstance(message, dict):
+            pieces.extend(_content_texts(message.get("content")))
+            pieces.extend(_call_texts(message))
+    for choice in (body or {}).get("choices") or []:
+        reply = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(reply, dict):
+            pieces.extend(_content_texts(reply.get("content")))
+            if isinstance(reply.get("refusal"), str):
+                pieces.append(reply["refusal"])
+            pieces.extend(_call_texts(reply))
+    # Text columns cannot keep NUL, and no search term can hold one.
+    return [piece.replace("\x00", " ") for piece in pieces if piece]
+
+
+def _cjk_runs(folded: str) -> list[str]:
+    return _CJK_RUN.findall(folded)
+
+
+def _run_grams(run: str) -> list[str]:
+    """The grams a run of CJK characters is indexed (or looked up) by: its pairs, or the character alone."""
+    return [run[i : i + 2] for i in range(len(run) - 1)] or [run]
+
+
+def cjk_grams(folded: str) -> str:
+    """Return the distinct CJK characters and adjacent pairs of ``folded`` text, space-separated, sorted."""
+    grams: set[str] = set()
+    for run in _cjk_runs(folded):
+        grams.update(run)
+        grams.update(run[i : i + 2] for i in range(len(run) - 1))
+    return " ".join(sorted(grams))
+
+
+def search_columns(*, body: Mapping[str, Any] | None, messages: Iterable[Any] | None) -> dict[str, str]:
+    """Return the ``search_text`` and ``search_grams`` column values of a completion."""
+    folded = fold("\n".join(text_pieces(body=body, messages=messages)))
+    return {"search_text": folded, "search_grams": cjk_grams(folded)}
+
+
+# --- Narrowing and deciding ---------------------------------------------------------------------
+
+
+def _short_grams(term: str) -> list[str]:
+    """The gram-index words that every text holding the short ``term`` holds (none: it is not CJK)."""
+    grams: list[str] = []
+    for run in _cjk_runs(term):
+        grams.extend(_run_grams(run))
+    return list(dict.fromkeys(grams))
+
+
+def _fts_phrase(token: str) -> str:
+    return '"' + token.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """What the indexes can use of some search terms: trigrams, CJK grams, and the terms no index decides.
+
+    ``undecided``: the terms an index cannot decide on its own (too short for trigrams and not
+    wholly CJK); they are tested on the text itself.
+    """
+
+    trigram_terms: tuple[str, ...]
+    grams: tuple[str, ...]
+    unindexed: tuple[str, ...]
+    undecided: tuple[str, ...] = ()
+
+    @property
+    def indexed(self) -> bool:
+        return bool(self.trigram_terms or self.grams)
+
+
+def narrowing(terms: Iterable[str]) -> Narrowing:
+    """Return how the indexes serve ``terms``: 3+ characters by trigrams, shorter CJK terms by grams."""
+    trigram_terms: list[str] = []
+    grams: list[str] = []
+    unindexed: list[str] = []
+    undecided: list[str] = []
+    for term in terms:
+        if len(term) >= TRIGRAM:
+            trigram_terms.append(term)
+        elif short := _short_grams(term):
+            grams.extend(short)
+            # A one- or two-character CJK term is itself a word of the gram index; "A股" is not.
+            if short != [term]:
+                undecided.append(term)
+        else:
+            unindexed.append(term)
+            undecided.append(term)
+    return Narrowing(tuple(trigram_terms), tuple(dict.fromkeys(grams)), tuple(unindexed), tuple(undecided))
+
+
+def _like_pattern(term: str) -> str:
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# The SQLite FTS5 tables as tables: a rowid is the completion's seq; the trigram table keeps its own copy of the text.
+_fts_text = Table(FTS_TRIGRAMS, MetaData(), Column("rowid", Integer), Column("search_text", Text))
+_fts_grams = Table(FTS_GRAMS, MetaData(), Column("rowid", Integer))
+
+
+def _fts_select(table: Table, words: Iterable[str]) -> Any:
+    """The rowids of an FTS5 table matching every word (a phrase each: for trigrams, a substring)."""
+    match = " AND ".join(_fts_phrase(word) for word in words)
+    return select(table.c.rowid.label("seq")).where(
+        text(f"{table.name} MATCH :match_{table.name}").bindparams(**{f"match_{table.name}": match})
+    )
+
+
+def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
+    """Return SELECTs of the ``seq`` of completions the indexes say may hold all ``terms``: one per index.
+
+    Each is a superset of the matches (the exact test decides). The terms of one index are
+    intersected inside it (one FTS5 query, one GIN scan); the trigram and the gram index
+    are separate sources, so that the caller can drive a query by the smaller. Empty when
+    no term is indexable (only short non-CJK terms).
+    """
+    plan = narrowing(terms)
+    sources: list[Any] = []
+    if session.get_bind().dialect.name == "sqlite":
+        if plan.trigram_terms:
+            sources.append(_fts_select(_fts_text, plan.trigram_terms))
+        if plan.grams:
+            sources.append(_fts_select(_fts_grams, plan.grams))
+        return sources
+    return [select(Completion.seq).where(condition) for condition in index_conditions(session, terms)]
+
+
+def index_conditions(session: Session, terms: tuple[str, ...]) -> list[Any]:
+    """Return the PostgreSQL row conditions its GIN indexes serve for ``terms`` (empty on SQLite):
+    one for the trigram terms (``LIKE``), one for the CJK grams (array containment)."""
+    plan = narrowing(terms)
+    if session.get_bind().dialect.name == "sqlite":
+        return []
+    conditions: list[Any] = []
+    if plan.trigram_terms:
+        conditions.append(and_(*(Completion.search_text.like(_like_pattern(t), escape="\\") for t in plan.trigram_terms)))
+    if plan.grams:
+        # Written exactly as the migration's index expression, so that the GIN index serves it.
+        words = func.string_to_array(Completion.search_grams, literal_column("' '"), type_=ARRAY(Text))
+        conditions.append(words.contains(bindparam("grams", list(plan.grams), type_=ARRAY(Text))))
+    return conditions
+
+
+def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
+    """Return a SELECT of the ``seq`` of every live completion holding all ``terms``, decided by the
+    SQLite indexes without reading a completion; None on PostgreSQL or when no term is indexable.
+
+    The trigram table keeps positions (``detail=full``), so a term of three or more
+    characters is a phrase of its trigrams: FTS5 matches it exactly where it occurs as a
+    substring. A one- or two-character CJK term is itself a word of the gram table. Any
+    other term is tested with ``instr`` on the trigram table's own copy of the text.
+    """
+    plan = narrowing(terms)
+    if session.get_bind().dialect.name != "sqlite" or not plan.indexed:
+        return None
+    checks = [func.instr(_fts_text.c.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in plan.undecided]
+    if not plan.trigram_terms:
+        grams = _fts_select(_fts_grams, plan.grams)
+        if not checks:
+            return grams
+        return select(_fts_text.c.rowid.label("seq")).where(_fts_text.c.rowid.in_(grams), *checks)
+    stmt = _fts_select(_fts_text, plan.trigram_terms)
+    if plan.grams:
+        stmt = stmt.where(_fts_text.c.rowid.in_(_fts_select(_fts_grams, plan.grams)))
+    return stmt.where(*checks)
+
+
+def exact_match(session: Session, term: str) -> Any:
+    """Return the row condition that decides whether a completion holds ``term`` (case-folded) exactly.
+
+    Written so that no index can serve it: it is the final check, evaluated on rows the
+    page already reads.
+    """
+    position = func.instr if session.get_bind().dialect.name == "sqlite" else func.strpos
+    return position(Completion.search_text, bindparam(None, term, type_=String), type_=Integer) > 0
+
+
+# --- Excerpts --------------------------------------------------------------------------------
+
+
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """The text around the first match: ``before`` + ``match`` (to mark) + ``after``."""
+
+    before: str
+    match: str
+    after: str
+
+
+def excerpt(pieces: Iterable[str], terms: Iterable[str], *, width: int = 60) -> Excerpt | None:
+    """Return the excerpt around the earliest occurrence of any of ``terms`` (case-folded) in ``pieces``.
+
+    Case-folding can change a text's length (``ß`` → ``ss``), so each character is folded
+    on its own and mapped back to where it stood. None when no term occurs.
+    """
+    terms = [term for term in terms if term]
+    for piece in pieces:
+        folded: list[str] = []
+        origin: list[int] = []
+        for index, char in enumerate(piece):
+            for folded_char in fold(char):
+                folded.append(folded_char)
+                origin.append(index)
+        haystack = "".join(folded)
+        found = [(haystack.find(term), term) for term in terms]
+        found = [(at, term) for at, term in found if at >= 0]
+        if not found:
+            continue
+        at, term = min(found)
+        start, end = origin[at], origin[at + len(term) - 1] + 1
+        before = piece[max(0, start - width) : start]
+        after = piece[end : end + width]
+        # On one line: runs of whitespace (newlines in a message) read as one space.
+        return Excerpt(
+            before=("…" if start > width else "") + _SPACES.sub(" ", before).lstrip(),
+            match=piece[start:end],
+            after=_SPACES.sub(" ", after).rstrip() + ("…" if end + width < len(piece) else ""),
+        )
+    return None
