@@ -1,4 +1,4 @@
-"""The admin list at ``/``: filters kept in the URL, keyset paging, bulk labelling and the export download."""
+"""The admin list at ``/``: filters kept in the URL, keyset paging and the export download (bulk changes: test_admin_bulk.py)."""
 
 from __future__ import annotations
 
@@ -101,14 +101,6 @@ def test_the_filter_messages_are_the_apis(admin: Admin, seeded: list) -> None:
     assert message in text(admin.get("/?metadata=" + "k" * 65 + "%3Dv").get_data(as_text=True))
 
 
-@pytest.fixture
-def many(app) -> list[str]:
-    """PAGE_SIZE * 2 + 7 completions, several sharing each second; returns the ids newest first."""
-    count = PAGE_SIZE * 2 + 7
-    seed(*(completion_body(f"m{i:03d}", created=1_700_000_000 + i // 4, metadata={"even": str(i % 2 == 0)}) for i in range(count)))
-    return [f"m{i:03d}" for i in reversed(range(count))]
-
-
 def walk(admin: Admin, url: str | None, rel: str) -> Iterator[tuple[str, list[str]]]:
     """Follow the pager's ``rel`` links from ``url``; yield each page's URL and ids."""
     while url:
@@ -159,85 +151,6 @@ def test_a_cursor_that_never_existed_goes_back_to_the_newest(admin: Admin, seede
 
 def test_an_empty_store_says_how_to_fill_it(admin: Admin) -> None:
     assert "No completions are stored yet." in text(admin.page("/"))
-
-
-# --- Bulk labelling ---------------------------------------------------------------------
-
-
-def bulk(admin: Admin, **form: Any) -> Any:
-    return admin.post("/bulk", {"action": "set", "scope": "selected", "value": "", **form})
-
-
-def test_bulk_set_on_the_ticked_completions(admin: Admin, seeded: list) -> None:
-    response = bulk(admin, key="label", value="good", ids=["c1", "c4"], metadata=["team=red"], after="")
-    assert response.status_code == 303 and response.headers["Location"] == "/?metadata=team%3Dred"
-    assert "Set 'label' to 'good' on 2 completions." in text(admin.page("/"))
-    assert metadata_of("c1") == {"team": "red", "n": "1", "label": "good"}
-    assert metadata_of("c4")["label"] == "good" and "label" not in metadata_of("c2")
-    changes = db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all()
-    assert sorted(c.completion_id for c in changes) == ["c1", "c4"]
-    assert changes[0].before == {"team": "red", "n": "1"} or changes[0].before == {"team": "blue", "n": "4"}
-
-
-def test_bulk_remove_on_everything_the_filter_matches(admin: Admin, seeded: list) -> None:
-    response = bulk(admin, action="remove", key="n", scope="all", metadata=["team=blue"])
-    assert response.status_code == 303
-    assert "Removed 'n' from 3 completions." in text(admin.page("/"))
-    assert [metadata_of(f"c{i}") for i in range(6)] == [
-        {"team": "red", "n": "0"}, {"team": "red", "n": "1"}, {"team": "red", "n": "2"},
-        {"team": "blue"}, {"team": "blue"}, {"team": "blue"},
-    ]
-    assert db.session.scalar(select(MetadataChange).where(MetadataChange.completion_id == "c3", MetadataChange.actor == "user:ann")).after == {"team": "blue"}
-
-
-def test_bulk_reports_what_was_already_so(admin: Admin, seeded: list) -> None:
-    bulk(admin, key="team", value="red", scope="all")
-    assert "Set 'team' to 'red' on 3 completions; 3 had it already." in text(admin.page("/"))
-    assert db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all().__len__() == 3
-
-
-def test_bulk_on_every_match_pages_through_more_than_one_batch(admin: Admin, many: list[str]) -> None:
-    bulk(admin, key="batch", value="x", scope="all", metadata=["even=False"])
-    odd = [i for i in many if int(i[1:]) % 2]
-    assert all(metadata_of(i).get("batch") == "x" for i in odd)
-    assert not any("batch" in metadata_of(i) for i in many if int(i[1:]) % 2 == 0)
-    assert f"on {len(odd)} completions" in text(admin.page("/"))
-
-
-def test_bulk_never_breaks_the_pair_limit_and_says_so(admin: Admin, seeded: list) -> None:
-    seed(completion_body("full", created=1_600_000_000, metadata={f"k{i}": "v" for i in range(16)}))
-    bulk(admin, key="label", value="good", ids=["full", "c0"])
-    page = text(admin.page("/"))
-    assert "Set 'label' to 'good' on 1 completion." in page
-    assert "Left unchanged: full. Invalid 'metadata': too many properties." in page
-    assert metadata_of("full") == {f"k{i}": "v" for i in range(16)} and metadata_of("c0")["label"] == "good"
-
-
-def test_bulk_reports_completions_deleted_meanwhile(admin: Admin, seeded: list) -> None:
-    bulk(admin, key="label", value="x", ids=["c0", "gone"])
-    assert "Left unchanged: gone. Not found: deleted meanwhile, or never stored." in text(admin.page("/"))
-
-
-@pytest.mark.parametrize(
-    "form, field, message",
-    [
-        ({"key": "k" * 65, "value": "v"}, "key", "property name too long"),
-        ({"key": "topic", "value": "x" * 513}, "value", "Invalid 'metadata.topic': string too long."),
-        ({"key": "", "value": "v"}, "key", "Invalid 'metadata': keys must be non-empty strings."),
-        ({"key": "", "action": "remove"}, "key", "Invalid 'metadata': keys must be non-empty strings."),
-        ({"key": "label", "value": "v", "ids": []}, "scope", "Tick at least one completion"),
-    ],
-)
-def test_a_bad_bulk_change_is_refused_beside_its_field(admin: Admin, seeded: list, form: dict, field: str, message: str) -> None:
-    form = {"ids": ["c1"], **form}
-    response = bulk(admin, **form)
-    page = response.get_data(as_text=True)
-    assert response.status_code == 400
-    assert message in element(page, f"{field}-error")
-    assert "<details class=\"panel bulk\" open>" in page, "the bulk panel opens to show the error"
-    assert listed(page) == ["c5", "c4", "c3", "c2", "c1", "c0"]
-    assert ('name="ids" value="c1" id="pick-5" checked' in page) == bool(form["ids"]), "ticks are kept"
-    assert not db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all()
 
 
 # --- Export -----------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def test_enter_in_a_field_saves(tab: Tab) -> None:
     seed(completion_body("c1", metadata={"team": "red"}))
     tab.goto("/completions/c1")
     tab.page.get_by_label("Value 1").fill("green")
-    tab.page.get_by_label("Value 1").press("Enter")
+    tab.page.get_by_label("Key 1").press("Enter")  # a value is a textarea, where Enter is a line break
     expect(tab.page.get_by_text("Saved the metadata (1 pair).")).to_be_visible()
     assert metadata_of("c1") == {"team": "green"}
 

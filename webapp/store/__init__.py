@@ -12,7 +12,18 @@ of the modules is available here.
 """
 
 from .base import NameTaken, Page, hash_secret
-from .bulk import BulkResult, get_metadata_change, set_metadata_key
+from .bulk import (
+    BATCH_SIZE,
+    NotUndoable,
+    Selection,
+    count_selection,
+    get_bulk_change,
+    get_metadata_change,
+    latest_seq,
+    list_bulk_changes,
+    run_bulk_change,
+    undo_bulk_change,
+)
 from .completions import (
     CompletionNotFound,
     PreconditionFailed,
@@ -32,6 +43,7 @@ from .keys import (
     authenticate_api_key,
     count_api_keys,
     create_api_key,
+    get_live_api_key,
     key_needs_touch,
     list_api_keys,
     revoke_api_key,
@@ -52,11 +64,13 @@ from .users import (
 )
 
 __all__ = [
-    "BulkResult",
+    "BATCH_SIZE",
     "CompletionNotFound",
     "NameTaken",
+    "NotUndoable",
     "Page",
     "PreconditionFailed",
+    "Selection",
     "SignInLocked",
     "authenticate_api_key",
     "build_completion_body",
@@ -65,6 +79,7 @@ __all__ = [
     "completion_values",
     "count_api_keys",
     "count_completions",
+    "count_selection",
     "count_users",
     "create_api_key",
     "create_user",
@@ -72,11 +87,15 @@ __all__ = [
     "end_expired_user_sessions",
     "end_user_session",
     "etag",
+    "get_bulk_change",
     "get_completion",
+    "get_live_api_key",
     "get_metadata_change",
     "hash_secret",
     "iter_completions",
     "key_needs_touch",
+    "latest_seq",
+    "list_bulk_changes",
     "list_api_keys",
     "list_completions",
     "list_messages",
@@ -85,10 +104,11 @@ __all__ = [
     "metadata_history",
     "record_sign_in",
     "revoke_api_key",
+    "run_bulk_change",
     "save_completion",
-    "set_metadata_key",
     "start_user_session",
     "touch_api_key",
+    "undo_bulk_change",
     "update_metadata",
     "user_for_session",
     "verify_sign_in",
