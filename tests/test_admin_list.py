@@ -173,6 +173,17 @@ def test_export_in_chat_format(admin: Admin, seeded: list) -> None:
     assert records == [{"messages": [*seeded[4]["messages"], {"role": "assistant", "content": "Reply number 4"}]}]
 
 
+def test_the_download_can_leave_out_replies_cut_off_by_the_length_limit(admin: Admin, seeded: list) -> None:
+    cut = completion_body("cut", created=1_700_000_010, content="It all began when")
+    cut["choices"][0]["finish_reason"] = "length"
+    seed(cut)
+    assert "cut" in [r["id"] for r in lines(admin.get("/export?format=store"))]
+    assert [r["messages"][-1]["content"] for r in lines(admin.get("/export?format=chat&skip_truncated=1"))] == [
+        f"Reply number {i}" for i in range(6)
+    ]
+    assert 'name="skip_truncated" value="1"' in admin.page("/")
+
+
 def test_export_of_everything(admin: Admin, seeded: list) -> None:
     assert [r["id"] for r in lines(admin.get("/export"))] == [f"c{i}" for i in range(6)]
 
@@ -187,3 +198,42 @@ def test_the_export_form_carries_the_current_filter(admin: Admin, seeded: list) 
 def test_a_bad_export_request_goes_back_to_the_list(admin: Admin, seeded: list, query: str) -> None:
     response = admin.get(f"/export?{query}")
     assert response.status_code == 302
+
+
+# --- Getting around: a completion opened from the list knows its place -------------------
+
+
+def test_a_row_opens_its_completion_with_the_lists_filter_and_cursor(admin: Admin, seeded: list) -> None:
+    page = admin.page("/?metadata=team+%3D+blue&after=c5")  # spaces around the parts are dropped
+    assert 'href="/completions/c4?metadata=team%3Dblue&amp;after=c5"' in page
+
+
+def test_previous_and_next_stay_within_the_filter_and_order(admin: Admin, seeded: list) -> None:
+    detail = admin.page("/completions/c4?metadata=team%3Dblue&after=c5")
+    assert link(detail, "prev") == "/completions/c5?metadata=team%3Dblue&after=c5"
+    assert link(detail, "next") == "/completions/c3?metadata=team%3Dblue&after=c5"
+    last = admin.page("/completions/c3?metadata=team%3Dblue&after=c5")
+    assert link(last, "next") is None, "c2 is not in the filter"
+    assert 'id="back-to-list" href="/?metadata=team%3Dblue&amp;after=c5"' in last, "back to the same list page"
+    everything = admin.page("/completions/c3")
+    assert (link(everything, "prev"), link(everything, "next")) == ("/completions/c4", "/completions/c2")
+
+
+def test_saving_and_deleting_keep_the_place_in_the_list(admin: Admin, seeded: list) -> None:
+    from .admin_helpers import metadata_form
+
+    saved = admin.post("/completions/c4?model=gpt-b&after=c5", metadata_form({"team": "blue"}, version=1, save="1"))
+    assert saved.status_code == 303 and saved.headers["Location"] == "/completions/c4?model=gpt-b&after=c5"
+    confirm = admin.page("/delete/c4?model=gpt-b&after=c5")
+    assert 'href="/?model=gpt-b&amp;after=c5"' in confirm
+    deleted = admin.post("/delete/c4?model=gpt-b&after=c5")
+    assert deleted.headers["Location"] == "/?model=gpt-b&after=c5"
+
+
+def test_a_long_metadata_value_is_cut_in_the_list_and_whole_on_hover_and_on_its_page(admin: Admin) -> None:
+    value = "v" * 200 + " end"
+    seed(completion_body("long", metadata={"note": value, "k" * 64: "short"}))
+    page = admin.page("/")
+    assert f'<span class="pair-value" title="{value}">' in page
+    assert value not in text(page) and "vvvv…" in text(page)
+    assert value in text(admin.page("/completions/long")), "whole on the completion's page"

@@ -181,6 +181,8 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
             before=before,
             bulk=bulk or BulkForm(formdata=None),
             hidden_filter=filter_args(filters.filter) if filters.valid else {},
+            # A completion opened from this page knows its place: its neighbours and the way back.
+            nav_args=list_args(source, filters) if filters.valid else {},
             max_pairs=MAX_METADATA_PAIRS,
         ),
         status,
@@ -371,6 +373,29 @@ def undo_bulk_change(batch_id: int) -> BaseResponse:
 # --- One completion -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Neighbours:
+    """Where a completion stands in the list it was opened from: the ids just newer and just older
+    within that list's filter and order, and that list page's arguments (filter and cursor)."""
+
+    newer: str | None
+    older: str | None
+    args: dict[str, Any]
+
+
+def neighbours(row: Completion, source: MultiDict[str, str]) -> Neighbours:
+    """Return the neighbours of ``row`` in the list whose filter and cursor ``source`` (the page's query) carries.
+
+    With no (or a broken) filter, the list is every completion. Two one-row keyset queries.
+    """
+    filters = read_filters(source)
+    if not filters.valid:
+        filters = read_filters(MultiDict())
+    newer = store.list_completions(db.session, filter=filters.filter, page=PageQuery(after=row.id, limit=1, order="asc")).rows
+    older = store.list_completions(db.session, filter=filters.filter, page=PageQuery(after=row.id, limit=1, order="desc")).rows
+    return Neighbours(newer=newer[0].id if newer else None, older=older[0].id if older else None, args=list_args(source, filters))
+
+
 def render_detail(row: Completion, form: MetadataForm, *, status: int = 200, conflict: bool = False, unsaved: bool = False) -> Any:
     """Render a completion's page with the metadata form as given (fresh, re-shown with errors, in conflict,
     or ``unsaved`` after adding or removing a row)."""
@@ -378,6 +403,7 @@ def render_detail(row: Completion, form: MetadataForm, *, status: int = 200, con
         render_template(
             "admin/completion_detail.html",
             row=row,
+            nav=neighbours(row, request.args),
             completion=store.completion_object(row),
             form=form,
             history=store.metadata_history(db.session, completion_id=row.id),
@@ -415,7 +441,7 @@ def completion_detail(completion_id: str) -> Any:
         return render_detail(exc.current, form, status=412, conflict=True)
     count = len(form.metadata)
     flash(f"Saved the metadata ({count} pair{'' if count == 1 else 's'}).", "success")
-    return see_other("admin.completion_detail", completion_id=completion_id)
+    return see_other("admin.completion_detail", completion_id=completion_id, **request.args.to_dict(flat=False))
 
 
 @bp.post("/history/<int:change_id>/restore")
@@ -450,12 +476,14 @@ def restore_metadata(change_id: int) -> BaseResponse:
 @bp.route("/delete/<path:completion_id>", methods=["GET", "POST"])
 def delete_completion(completion_id: str) -> Any:
     """Ask for confirmation on a page of its own; POST deletes and returns to the list."""
+    back = list_args(request.args, read_filters(request.args)) if read_filters(request.args).valid else {}
     if request.method == "GET":
-        return render_template("admin/delete_completion.html", row=store.get_completion(db.session, completion_id=completion_id))
+        row = store.get_completion(db.session, completion_id=completion_id)
+        return render_template("admin/delete_completion.html", row=row, back=back)
     with write_transaction() as tx:
         store.delete_completion(tx, completion_id=completion_id)
     flash(f"Deleted completion {completion_id}.", "success")
-    return see_other("admin.completion_list")
+    return see_other("admin.completion_list", **back)
 
 
 # --- Export -------------------------------------------------------------------------------
@@ -469,7 +497,8 @@ def export() -> Any:
     if not filters.valid or fmt not in FORMATS:
         flash("Fix the filter before exporting." if not filters.valid else f"Unknown export format '{fmt}'.", "error")
         return redirect(url_for("admin.completion_list", **filters.args()))
-    lines = export_lines(db.session, filter=filters.filter, fmt=fmt)  # type: ignore[arg-type]
+    skip_truncated = request.args.get("skip_truncated") == "1"
+    lines = export_lines(db.session, filter=filters.filter, fmt=fmt, skip_truncated=skip_truncated)  # type: ignore[arg-type]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     response = Response(stream_with_context(lines), mimetype="application/jsonl")
     response.headers["Content-Disposition"] = f'attachment; filename="completions-{fmt}-{stamp}.jsonl"'
