@@ -58,6 +58,7 @@ class Writer:
     latencies: list[float] = field(default_factory=list)
     status_503: int = 0
     retried_412: int = 0
+    # Requests that timed out (30 s) or answered anything else.
     other: int = 0
     last: dict[str, str] = field(default_factory=dict)
 
@@ -90,13 +91,21 @@ def run_writer(url: str, secret: str, ids: list[str], writer: Writer, stop: thre
             cid = rng.choice(ids)
             counter += 1
             for _attempt in range(10):
-                got = client.get(f"/v1/chat/completions/{cid}")
+                try:
+                    got = client.get(f"/v1/chat/completions/{cid}")
+                except httpx.TimeoutException:
+                    writer.other += 1
+                    break
                 if got.status_code == 503:
                     writer.status_503 += 1
                     break
                 metadata = {**got.json()["metadata"], writer.name: str(counter)}
                 started = time.perf_counter()
-                sent = client.post(f"/v1/chat/completions/{cid}", json={"metadata": metadata}, headers={"If-Match": got.headers["ETag"]})
+                try:
+                    sent = client.post(f"/v1/chat/completions/{cid}", json={"metadata": metadata}, headers={"If-Match": got.headers["ETag"]})
+                except httpx.TimeoutException:  # waited 30 s behind the bulk change
+                    writer.other += 1
+                    break
                 if sent.status_code == 200:
                     writer.latencies.append((time.perf_counter() - started) * 1000)
                     writer.last[cid] = str(counter)
@@ -153,10 +162,11 @@ def lost_updates(app, results: list[dict]) -> int:  # type: ignore[no-untyped-de
     return lost
 
 
-def bulk_label(app, value: str, batch_size: int):  # type: ignore[no-untyped-def]
+def bulk_label(app, value: str, batch_size: int, max_seconds: float):  # type: ignore[no-untyped-def]
     def run() -> None:
         with app.app_context():
             store.bulk.BATCH_SIZE = batch_size
+            store.bulk.MAX_BATCH_SECONDS = max_seconds
             upto = store.latest_seq(db.session)
             selection = store.Selection(filter=Filter(), upto=upto)
             count = store.count_selection(db.session, selection=selection)
@@ -209,22 +219,22 @@ def main() -> None:
     try:
         results = [
             phase("baseline", server.url, secret, ids, args.writers, args.seconds),
-            phase("batched", server.url, secret, ids, args.writers, args.seconds, bulk_label(app, "batched", store.BATCH_SIZE)),
-            phase("one transaction", server.url, secret, ids, args.writers, args.seconds, bulk_label(app, "single", args.rows + 1)),
+            phase("batched", server.url, secret, ids, args.writers, args.seconds, bulk_label(app, "batched", store.BATCH_SIZE, store.bulk.MAX_BATCH_SECONDS)),
+            phase("one transaction", server.url, secret, ids, args.writers, args.seconds, bulk_label(app, "single", args.rows + 1, float("inf"))),
         ]
     finally:
         stop_server(server)
     lost = lost_updates(app, results)
     base_p95 = percentile([x for w in results[0]["writers"] for x in w.latencies], 0.95)
     print(f"\n{args.writers} API writers (retrieve + update with If-Match), {args.rows} completions, bulk change: set 'label' on all")
-    print(f"{'phase':<16} {'updates':>8} {'median ms':>10} {'p95 ms':>8} {'max ms':>8} {'p95/base':>9} {'503s':>5} {'412 retried':>12} {'bulk s':>7}")
+    print(f"{'phase':<16} {'updates':>8} {'median ms':>10} {'p95 ms':>8} {'max ms':>8} {'p95/base':>9} {'503s':>5} {'412 retried':>12} {'timeouts':>8} {'bulk s':>7}")
     for result in results:
         lat = [x for w in result["writers"] for x in w.latencies]
         p95 = percentile(lat, 0.95)
         print(
             f"{result['name']:<16} {len(lat):>8} {statistics.median(lat) if lat else float('nan'):>10.1f} {p95:>8.1f} "
             f"{max(lat) if lat else float('nan'):>8.0f} {p95 / base_p95:>9.1f} {sum(w.status_503 for w in result['writers']):>5} "
-            f"{sum(w.retried_412 for w in result['writers']):>12} "
+            f"{sum(w.retried_412 for w in result['writers']):>12} {sum(w.other for w in result['writers']):>8} "
             f"{result['bulk_seconds'] if result['bulk_seconds'] is not None else float('nan'):>7.1f}"
         )
     print(f"lost updates (acknowledged writer values or bulk labels missing at the end): {lost}")

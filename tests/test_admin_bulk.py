@@ -265,3 +265,17 @@ def test_bulk_work_runs_in_short_transactions(admin: Admin, many: list[str], mon
     confirm(admin, key="k", value="v", scope="all")
     assert commits == -(-len(many) // 10) + 1  # one per batch, and the finish
     assert db.session.scalar(select(func.count()).select_from(Completion).where(Completion.metadata_map.is_not(None))) == len(many)
+
+
+@pytest.mark.parametrize("action", ["set", "delete"])
+def test_a_slow_batch_commits_early_and_the_next_carries_on(admin: Admin, many: list[str], monkeypatch, action: str) -> None:
+    """However slow the machine, no transaction runs past MAX_BATCH_SECONDS by more than one slice of work."""
+    monkeypatch.setattr(store.bulk, "MAX_BATCH_SECONDS", 0.0)
+    monkeypatch.setattr(store.bulk, "SLICE", 5)
+    confirm(admin, action=action, key="k", value="v", scope="all")
+    (batch,) = batches()
+    assert batch.changed == len(many) and batch.refused_count == 0
+    if action == "set":
+        assert all(metadata_of(i)["k"] == "v" for i in many)
+    else:
+        assert listed(admin.page("/")) == []

@@ -10,15 +10,16 @@ lock for longer than one short batch: API writers wait at most that long, never 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
-from ..models import BulkChange, Completion, MetadataChange, utcnow
+from ..models import BulkChange, Completion, CompletionMetadata, MetadataChange, utcnow
 from ..validation import Filter, ValidationError, clean_metadata
 from .completions import CompletionNotFound, PreconditionFailed, _filtered, delete_completion, get_completion, update_metadata
 from .shapes import etag
@@ -26,6 +27,13 @@ from .shapes import etag
 # Completions per short transaction: big enough to be quick overall, small enough that a
 # writer queued behind one batch waits tens of milliseconds, not seconds.
 BATCH_SIZE = 200
+# ... and never longer than this: on a busy machine the transaction commits early and the
+# next one carries on, so a writer queued behind it waits a fraction of a second at most.
+MAX_BATCH_SECONDS = 0.25
+# SQLite hands its write lock to whoever asks first, and a writer waiting in its busy handler
+# sleeps up to 100 ms between tries: without a pause after each commit the bulk change would
+# take the lock straight back and starve the API's writers. PostgreSQL locks rows, not the database.
+SQLITE_PAUSE_SECONDS = 0.1
 # How many completions left alone a bulk change names (the count is always exact).
 MAX_NAMED = 1000
 
@@ -75,31 +83,39 @@ def count_selection(session: Session, *, selection: Selection) -> int:
     return session.scalar(stmt.where(Completion.seq <= selection.upto)) or 0
 
 
-def _chunks(selection: Selection, transaction: Transaction) -> Iterator[tuple[Session, list[str]]]:
-    """Yield (session in a fresh transaction, the next ids) until the selection is walked, one transaction each.
+class _Walk:
+    """The position of a bulk change in its selection, advanced as each short transaction commits.
 
     A filter is walked by position (created, seq), oldest first, so a completion the change
     moves out of the filter, or deletes, never shifts what comes next.
     """
-    if selection.ids is not None:
-        ids = list(dict.fromkeys(selection.ids))
-        for start in range(0, len(ids), BATCH_SIZE):
-            with transaction() as tx:
-                yield tx, ids[start : start + BATCH_SIZE]
-        return
-    assert selection.filter is not None
-    position: tuple[int, int] | None = None
-    while True:
-        with transaction() as tx:
-            stmt = _filtered(tx, select(Completion.id, Completion.created, Completion.seq), filter=selection.filter)
-            stmt = stmt.where(Completion.seq <= selection.upto)
-            if position is not None:
-                stmt = stmt.where(tuple_(Completion.created, Completion.seq) > tuple_(*position))
-            rows = tx.execute(stmt.order_by(Completion.created, Completion.seq).limit(BATCH_SIZE)).all()
-            if not rows:
-                return
-            position = (rows[-1].created, rows[-1].seq)
-            yield tx, [row.id for row in rows]
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.ids = list(dict.fromkeys(selection.ids)) if selection.ids is not None else None
+        self.start = 0
+        self.position: tuple[int, int] | None = None
+        self.rows: list[Any] = []
+
+    def next_ids(self, session: Session) -> list[str]:
+        """Return up to ``BATCH_SIZE`` ids from the current position (none when the walk is over)."""
+        if self.ids is not None:
+            return self.ids[self.start : self.start + BATCH_SIZE]
+        assert self.selection.filter is not None
+        stmt = _filtered(session, select(Completion.id, Completion.created, Completion.seq), filter=self.selection.filter)
+        stmt = stmt.where(Completion.seq <= self.selection.upto)
+        if self.position is not None:
+            stmt = stmt.where(tuple_(Completion.created, Completion.seq) > tuple_(*self.position))
+        self.rows = list(session.execute(stmt.order_by(Completion.created, Completion.seq).limit(BATCH_SIZE)).all())
+        return [row.id for row in self.rows]
+
+    def advance(self, done: int) -> None:
+        """Move past the first ``done`` ids of the last :meth:`next_ids`."""
+        if self.ids is not None:
+            self.start += done
+        elif done:
+            last = self.rows[done - 1]
+            self.position = (last.created, last.seq)
 
 
 def start_bulk_change(
@@ -141,43 +157,6 @@ def _tally(session: Session, batch_id: int, *, changed: int, unchanged: int, ref
     session.expire(batch)
 
 
-def _set_one_key(session: Session, *, completion_id: str, key: str, value: str | None, actor: str, batch_id: int | None) -> bool:
-    """Set or remove one key on the current version of one completion; return whether it changed.
-
-    Never overwrites a concurrent writer: the write names the version it read, and a
-    version changed meanwhile is read again and the key applied to what is there now.
-    """
-    for _attempt in range(5):
-        row = get_completion(session, completion_id=completion_id)
-        before = dict(row.metadata_map or {})
-        after = dict(before)
-        if value is None:
-            after.pop(key, None)
-        else:
-            after[key] = value
-        if after == before:
-            return False
-        try:
-            update_metadata(
-                session, completion_id=completion_id, metadata=clean_metadata(after), actor=actor,
-                if_match={etag(row)}, batch_id=batch_id,
-            )
-            return True
-        except PreconditionFailed:
-            session.expire(row)
-    raise PreconditionFailed(get_completion(session, completion_id=completion_id))
-
-
-def _apply_one(session: Session, *, completion_id: str, action: Action, key: str | None, value: str | None, actor: str, batch_id: int) -> bool:
-    """Apply a bulk change to one completion, in a savepoint so a refusal undoes only its own writes."""
-    with session.begin_nested():
-        if action == "delete":
-            delete_completion(session, completion_id=completion_id)
-            return True
-        assert key is not None
-        return _set_one_key(session, completion_id=completion_id, key=key, value=value if action == "set" else None, actor=actor, batch_id=batch_id)
-
-
 def run_bulk_change(
     transaction: Transaction,
     *,
@@ -189,35 +168,137 @@ def run_bulk_change(
     scope: str,
     requested: int,
 ) -> BulkChange:
-    """Apply one bulk change to ``selection`` in short transactions of ``BATCH_SIZE``; return its record.
+    """Apply one bulk change to ``selection`` in short transactions; return its record.
 
     ``transaction`` opens one write transaction (``extensions.write_transaction``): this
-    function calls it once to record the batch, once per ``BATCH_SIZE`` completions, and
-    once to mark it finished. ``key`` and ``value`` must be clean already. ``set`` sets
+    function calls it once to record the batch, once per ``BATCH_SIZE`` completions (fewer
+    when ``MAX_BATCH_SECONDS`` runs out first), and once to mark it finished. ``key`` and ``value`` must be clean already. ``set`` sets
     ``key`` to ``value``, ``remove`` removes ``key``, ``delete`` deletes the completions
     (not undoable). A completion whose metadata would break a rule (more than 16 pairs),
     or that is gone, is left alone and named in the record with the reason.
     """
     with transaction() as tx:
         batch_id = start_bulk_change(tx, actor=actor, action=action, key=key, value=value, scope=scope, requested=requested).id
-    for tx, ids in _chunks(selection, transaction):
-        changed = unchanged = 0
-        refused: list[tuple[str, str]] = []
-        for completion_id in ids:
-            try:
-                done = _apply_one(tx, completion_id=completion_id, action=action, key=key, value=value, actor=actor, batch_id=batch_id)
-            except CompletionNotFound:
-                refused.append((completion_id, NOT_FOUND))
-                continue
-            except (ValidationError, PreconditionFailed) as exc:
-                refused.append((completion_id, exc.message if isinstance(exc, ValidationError) else str(exc)))
-                continue
-            if done:
-                changed += 1
+    walk = _Walk(selection)
+    while True:
+        with transaction() as tx:
+            ids = walk.next_ids(tx)
+            if not ids:
+                break
+            deadline = time.monotonic() + MAX_BATCH_SECONDS
+            if action == "delete":
+                outcome = _delete_some(tx, ids, deadline=deadline)
             else:
-                unchanged += 1
-        _tally(tx, batch_id, changed=changed, unchanged=unchanged, refused=refused)
+                assert key is not None
+                outcome = _set_key_some(tx, ids, key=key, value=value if action == "set" else None, actor=actor, batch_id=batch_id, deadline=deadline)
+            walk.advance(outcome.done)
+            _tally(tx, batch_id, changed=outcome.changed, unchanged=outcome.unchanged, refused=outcome.refused)
+            pause = _pause_after_commit(tx)
+        time.sleep(pause)
     return _finish(transaction, batch_id)
+
+
+def _pause_after_commit(session: Session) -> float:
+    """Return how long to leave the database to other writers after committing one batch."""
+    return SQLITE_PAUSE_SECONDS if session.get_bind().dialect.name == "sqlite" else 0.0
+
+
+@dataclass
+class _Outcome:
+    """What one short transaction did: how many ids it went through, changed, found as asked, refused."""
+
+    done: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _delete_some(session: Session, ids: list[str], *, deadline: float) -> _Outcome:
+    """Delete completions from ``ids`` until they are done or ``deadline`` passes (at least one)."""
+    outcome = _Outcome()
+    for completion_id in ids:
+        if outcome.done and time.monotonic() > deadline:
+            break
+        outcome.done += 1
+        try:
+            delete_completion(session, completion_id=completion_id)
+        except CompletionNotFound:
+            outcome.refused.append((completion_id, NOT_FOUND))
+        else:
+            outcome.changed += 1
+    return outcome
+
+
+# Rows read and written together inside one short transaction, between looks at the clock.
+SLICE = 50
+
+
+def _set_key_some(
+    session: Session, ids: list[str], *, key: str, value: str | None, actor: str, batch_id: int, deadline: float
+) -> _Outcome:
+    """Set (or, ``value`` None, remove) ``key`` on completions from ``ids``, a slice at a time, until done or past ``deadline``.
+
+    Set-based, so a batch costs a handful of statements, not a handful per row: the slice's
+    rows are read and locked (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction holds
+    the database), then written with one UPDATE, one DELETE and one INSERT of metadata index
+    rows, and one INSERT of history rows. A concurrent writer waits for the lock and then
+    finds a new version: its ``If-Match`` fails (412), or it re-reads and applies its change
+    on top, so no update is lost either way.
+    """
+    outcome = _Outcome()
+    now = utcnow()
+    completions = Completion.__table__
+    versioned = (
+        update(completions)
+        .where(completions.c.seq == bindparam("b_seq"), completions.c.version == bindparam("b_version"))
+        .values(metadata=bindparam("b_metadata"), version=completions.c.version + 1, updated_at=now)
+    )
+    for start in range(0, len(ids), SLICE):
+        if outcome.done and time.monotonic() > deadline:
+            break
+        part = ids[start : start + SLICE]
+        outcome.done += len(part)
+        stmt = select(Completion.id, Completion.seq, Completion.version, Completion.metadata_map).where(
+            Completion.id.in_(part), Completion.deleted.is_(False)
+        )
+        rows = {row.id: row for row in session.execute(stmt.with_for_update())}
+        writes: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        for completion_id in part:
+            row = rows.get(completion_id)
+            if row is None:
+                outcome.refused.append((completion_id, NOT_FOUND))
+                continue
+            before = dict(row.metadata_map or {})
+            after = dict(before)
+            if value is None:
+                after.pop(key, None)
+            else:
+                after[key] = value
+            if after == before:
+                outcome.unchanged += 1
+                continue
+            try:
+                after = clean_metadata(after)
+            except ValidationError as exc:
+                outcome.refused.append((completion_id, exc.message))
+                continue
+            writes.append({"b_seq": row.seq, "b_version": row.version, "b_metadata": after})
+            history.append({"completion_id": completion_id, "actor": actor, "before": before, "after": after, "batch_id": batch_id, "changed_at": now})
+        if not writes:
+            continue
+        connection = session.connection()
+        result = connection.execute(versioned, writes)
+        if result.rowcount != len(writes):
+            # The rows are locked: nobody can have written them since they were read.
+            raise RuntimeError(f"bulk change: {len(writes) - result.rowcount} locked rows changed under the lock")
+        seqs = [write["b_seq"] for write in writes]
+        connection.execute(delete(CompletionMetadata).where(CompletionMetadata.completion_seq.in_(seqs), CompletionMetadata.key == key))
+        if value is not None:
+            connection.execute(insert(CompletionMetadata), [{"completion_seq": seq, "key": key, "value": value} for seq in seqs])
+        connection.execute(insert(MetadataChange), history)
+        outcome.changed += len(writes)
+    return outcome
 
 
 def _finish(transaction: Transaction, batch_id: int) -> BulkChange:
@@ -265,16 +346,21 @@ def undo_bulk_change(transaction: Transaction, *, batch_id: int, actor: str) -> 
             )
             if not changes:
                 break
-            after_id = changes[-1].id
+            deadline = time.monotonic() + MAX_BATCH_SECONDS
             changed = 0
             refused: list[tuple[str, str]] = []
             for change in changes:
+                if change is not changes[0] and time.monotonic() > deadline:
+                    break
+                after_id = change.id
                 reason = _undo_one(tx, change=change, actor=actor, undo_id=undo_id)
                 if reason is None:
                     changed += 1
                 else:
                     refused.append((change.completion_id, reason))
             _tally(tx, undo_id, changed=changed, unchanged=0, refused=refused)
+            pause = _pause_after_commit(tx)
+        time.sleep(pause)
     return _finish(transaction, undo_id)
 
 
