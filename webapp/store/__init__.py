@@ -3,6 +3,9 @@
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
 - ``completions``: look up, list, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
+- ``imports``: upserting many completions in one batch of statements (import, sync);
+- ``retention``: purging old completions in short batches;
+- ``sources``: where ``sync`` stands with each store it mirrors;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions.
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
@@ -37,8 +40,10 @@ from .completions import (
     list_models,
     metadata_history,
     save_completion,
+    tombstone_values,
     update_metadata,
 )
+from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -49,7 +54,9 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
-from .shapes import build_completion_body, completion_object, etag, message_objects, version_etag
+from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
+from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
+from .sources import get_sync_source, save_sync_position, stored_messages
 from .users import (
     SignInLocked,
     check_password,
@@ -65,12 +72,15 @@ from .users import (
 
 __all__ = [
     "BATCH_SIZE",
+    "BatchOutcome",
     "CompletionNotFound",
+    "IncomingCompletion",
     "NameTaken",
     "NotUndoable",
     "Page",
     "PreconditionFailed",
     "Selection",
+    "ROW_REFUSALS",
     "SignInLocked",
     "authenticate_api_key",
     "build_completion_body",
@@ -80,6 +90,7 @@ __all__ = [
     "count_api_keys",
     "count_completions",
     "count_selection",
+    "count_purgeable",
     "count_users",
     "create_api_key",
     "create_user",
@@ -91,7 +102,9 @@ __all__ = [
     "get_completion",
     "get_live_api_key",
     "get_metadata_change",
+    "get_sync_source",
     "hash_secret",
+    "input_message",
     "iter_completions",
     "key_needs_touch",
     "latest_seq",
@@ -102,14 +115,20 @@ __all__ = [
     "list_models",
     "message_objects",
     "metadata_history",
+    "purge_batch",
+    "purge_deleted_history_batch",
     "record_sign_in",
     "revoke_api_key",
     "run_bulk_change",
     "save_completion",
+    "save_sync_position",
     "start_user_session",
+    "stored_messages",
+    "tombstone_values",
     "touch_api_key",
     "undo_bulk_change",
     "update_metadata",
+    "upsert_completions",
     "user_for_session",
     "verify_sign_in",
     "version_etag",
