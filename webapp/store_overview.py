@@ -174,8 +174,9 @@ def usage_series(
     """
     metadata = dict(metadata or {})
     extent = _extent(session, model=model, metadata=metadata, after=created_after, before=created_before)
-    low = created_after if created_after is not None else (extent[0] if extent else None)
-    high = created_before if created_before is not None else (extent[1] if extent else None)
+    # An end the filter leaves open is the first or last match's day, so one day of data reads as 24 hours.
+    low = created_after if created_after is not None else (floor_to(extent[0], DAY) if extent else None)
+    high = created_before if created_before is not None else (ceil_to(extent[1], DAY) if extent else None)
     if low is None or high is None:
         return UsageSeries(span=DAY, start=None, end=None)  # nothing matched, and no range was named
     high = max(low, high)
