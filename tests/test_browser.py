@@ -77,6 +77,11 @@ class Tab:
     def goto(self, path: str) -> Any:
         return self.page.goto(self.base + path)
 
+    def assert_fits(self) -> None:
+        """Assert the page does not scroll sideways at this tab's width."""
+        overflow = self.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{self.page.url} scrolls sideways by {overflow}px at {self.page.viewport_size['width']}px"
+
     def sign_in(self) -> None:
         from playwright.sync_api import expect
 
@@ -108,6 +113,11 @@ def tab(chromium: Any, server: LiveServer) -> Iterator[Tab]:
     with open_tab(chromium, server, viewport={"width": 1280, "height": 900}) as tab:
         tab.sign_in()
         yield tab
+
+
+def screenshot_folder(tmp_path: Path) -> Path:
+    """Where screenshots go: docs/ with UPDATE_SCREENSHOTS=1, else a temporary folder."""
+    return ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
 
 
 def listed(tab: Tab) -> list[str]:
@@ -272,15 +282,14 @@ def test_the_pages_fit_the_screen(chromium: Any, server: LiveServer, tmp_path: P
     from playwright.sync_api import expect
 
     showcase()
-    folder = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+    folder = screenshot_folder(tmp_path)
     size = "phone" if viewport["width"] < 600 else "desktop"
     with open_tab(chromium, server, viewport=viewport, device_scale_factor=1) as tab:
         tab.sign_in()
         for name, path in [("list", "/"), ("detail", "/completions/chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT")]:
             tab.goto(path)
             expect(tab.page.locator("main h1")).to_be_visible()
-            overflow = tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {viewport['width']}px"
+            tab.assert_fits()
             tab.page.screenshot(path=str(folder / f"admin-{name}-{size}.png"), full_page=size == "phone" or name == "detail")
 
 
@@ -308,8 +317,6 @@ def test_the_overview_fits_and_its_bars_lead_to_the_list(chromium: Any, server: 
     from playwright.sync_api import expect
 
     month_of_usage()
-    folder = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
-    size = "phone" if viewport["width"] < 600 else "desktop"
     with open_tab(chromium, server, viewport=viewport, device_scale_factor=1) as tab:
         tab.sign_in()
         tab.page.get_by_role("link", name="Overview", exact=True).click()
@@ -319,10 +326,9 @@ def test_the_overview_fits_and_its_bars_lead_to_the_list(chromium: Any, server: 
         expect(chart).to_be_visible()
         box = chart.bounding_box()
         assert box is not None and box["width"] > viewport["width"] / 2 and box["height"] > 100
-        overflow = tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, f"/overview scrolls sideways by {overflow}px at {viewport['width']}px"
-        name = "admin-overview.png" if size == "desktop" else "admin-overview-phone.png"
-        tab.page.screenshot(path=str(folder / name), full_page=True)
+        tab.assert_fits()
+        name = "admin-overview.png" if viewport["width"] > 600 else "admin-overview-phone.png"
+        tab.page.screenshot(path=str(screenshot_folder(tmp_path) / name), full_page=True)
         tab.page.get_by_text("The numbers behind “Completions per day, by model”").click()
         expect(tab.page.locator("#chart-completions-numbers")).to_be_visible()
         tab.page.locator('#chart-completions a[aria-label="Wed 18 Nov 2026, o1-preview: 1"]').click()
