@@ -62,6 +62,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "DATABASE_TIMEOUT": (float, 5.0),
     "TRUSTED_PROXIES": (int, 0),
     "API_KEY_CACHE_SECONDS": (float, 2.0),
+    # When set, GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>".
+    "METRICS_TOKEN": (str, None),
 }
 
 
