@@ -69,6 +69,29 @@ def test_usage_that_is_not_a_count_counts_as_zero_tokens(app, usage: Any) -> Non
     assert assert_no_drift()[(DAY, T0, "gpt-a")] == Usage(1, 0, 0)
 
 
+@pytest.mark.parametrize(
+    "odd_text",
+    ["nul \x00 inside", "lone surrogate \udf46", "escaped backslash \\u0000"],
+    ids=["nul", "surrogate", "backslash"],
+)
+def test_text_postgresql_cannot_read_still_counts(app, odd_text: str) -> None:
+    """A body whose JSON holds \\u0000 or a lone surrogate (in a value or a key) is counted by its usage."""
+    body = record("odd", created=T0, usage=(10, 5), content=odd_text)
+    body["system_fingerprint"] = {odd_text: odd_text}
+    seed(body)
+    assert assert_no_drift()[(DAY, T0, "gpt-a")] == Usage(1, 10, 5)
+
+
+def test_a_body_sqlite_cannot_parse_is_stored_and_counted_without_tokens(app, backend: str) -> None:
+    """Python writes NaN into JSON; SQLite keeps such a body (PostgreSQL refuses it at the door)."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's json type refuses NaN before any trigger runs")
+    body = record("nan", created=T0, usage=(10, 5))
+    body["temperature"] = float("nan")
+    seed(body)
+    assert assert_no_drift()[(DAY, T0, "gpt-a")] == Usage(1, 0, 0)
+
+
 def test_upserts_move_the_counts_from_the_old_values_to_the_new(app) -> None:
     seed(record("a", created=T0, usage=(10, 5)), record("b", created=T0, usage=(1, 1)))
     seed(record("a", created=T0 + 3 * DAY, model="gpt-b", usage=(20, 8)))  # moved: time, model and usage

@@ -101,9 +101,9 @@ def _tokens(session: Session, name: str) -> ColumnElement[int]:
         return func.completion_usage_tokens(Completion.body, name)
     path = f"'$.usage.{name}'"
     return literal_column(
-        f"CASE WHEN json_type(completions.body, {path}) = 'integer' "
+        f"CASE WHEN json_valid(completions.body) THEN (CASE WHEN json_type(completions.body, {path}) = 'integer' "
         f"AND json_extract(completions.body, {path}) BETWEEN 0 AND {MAX_TOKENS} "
-        f"THEN json_extract(completions.body, {path}) ELSE 0 END"
+        f"THEN json_extract(completions.body, {path}) ELSE 0 END) ELSE 0 END"
     )
 
 

@@ -28,10 +28,11 @@ HOUR, DAY = 3600, 86400
 
 def _sqlite_tokens(row: str, field: str) -> str:
     path = f"'$.usage.{field}'"
+    # json_valid first: a body holding NaN (Python writes it) is no JSON to SQLite, and must not fail the write.
     return (
-        f"CASE WHEN json_type({row}.body, {path}) = 'integer' "
+        f"CASE WHEN json_valid({row}.body) THEN (CASE WHEN json_type({row}.body, {path}) = 'integer' "
         f"AND json_extract({row}.body, {path}) BETWEEN 0 AND 999999999999 "
-        f"THEN json_extract({row}.body, {path}) ELSE 0 END"
+        f"THEN json_extract({row}.body, {path}) ELSE 0 END) ELSE 0 END"
     )
 
 
@@ -81,11 +82,25 @@ SQLITE_TRIGGERS = {
 POSTGRES_FUNCTIONS = [
     # The same rule as SQLite's: a whole number from 0 to 999,999,999,999, else 0.
     """
-    CREATE FUNCTION completion_usage_tokens(body json, field text) RETURNS bigint
+    CREATE FUNCTION completion_usage_count(value json) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-      SELECT CASE WHEN json_typeof(body -> 'usage' -> field) = 'number'
-                   AND (body -> 'usage' ->> field) ~ '^[0-9]{1,12}$'
-                  THEN (body -> 'usage' ->> field)::bigint ELSE 0 END
+      SELECT CASE WHEN json_typeof(value) = 'number' AND value::text ~ '^[0-9]{1,12}$'
+                  THEN value::text::bigint ELSE 0 END
+    $$
+    """,
+    # PostgreSQL cannot read a json text holding \u0000 or a lone surrogate escape (anywhere, a
+    # key included), although it stores one. Then the usage is read from a copy with those
+    # escapes made U+FFFD (an escaped backslash before "u0000" stays valid JSON too).
+    r"""
+    CREATE FUNCTION completion_usage_tokens(body json, field text) RETURNS bigint
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+    BEGIN
+      RETURN completion_usage_count(body -> 'usage' -> field);
+    EXCEPTION WHEN others THEN
+      RETURN completion_usage_count(
+        regexp_replace(body::text, '\\u(0000|[dD][89abcdefABCDEF][0-9a-fA-F]{2})', '\\ufffd', 'g')::json -> 'usage' -> field
+      );
+    END
     $$
     """,
     f"""
@@ -186,4 +201,5 @@ def downgrade():
         op.execute("DROP FUNCTION completion_rollup_trigger()")
         op.execute("DROP FUNCTION completion_rollup_add(bigint, text, json, integer)")
         op.execute("DROP FUNCTION completion_usage_tokens(json, text)")
+        op.execute("DROP FUNCTION completion_usage_count(json)")
     op.drop_table('completion_rollup')

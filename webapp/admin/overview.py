@@ -3,10 +3,11 @@ for the same filter as the list. Reads ``store_overview``; draws with ``charts``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import render_template, request, url_for
 from werkzeug.datastructures import MultiDict
@@ -114,6 +115,60 @@ def by_week(series: UsageSeries) -> UsageSeries:
     return weekly
 
 
+class ListLinks:
+    """The list's URLs for the overview's filter narrowed to one bucket and model.
+
+    Built from one ``url_for`` prefix and query parts encoded once per model and per bucket:
+    a quarter's charts hold thousands of links, and ``url_for`` for each took half the time.
+    """
+
+    def __init__(self, args: dict[str, Any], models: list[str]) -> None:
+        prefix = url_for("admin.completion_list", **{k: v for k, v in args.items() if k not in ("model", *DATE_PARAMS)})
+        self.prefix = prefix + ("&" if "?" in prefix else "?")
+        self.filter_model = urlencode({"model": args["model"]}) + "&" if args.get("model") else ""
+        self.models = [urlencode({"model": model}) + "&" for model in models]
+
+    def bucket(self, start: int, span: int) -> tuple[str, tuple[str, ...]]:
+        """Return the URL of a bucket for the filter's models, and one per model."""
+        bounds = urlencode(bucket_bounds(start, span))
+        return self.prefix + self.filter_model + bounds, tuple(self.prefix + model + bounds for model in self.models)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One bar: its label, its links (all models, then each model) and its usage (each model, then the rest)."""
+
+    label: str
+    href: str
+    hrefs: tuple[str, ...]
+    usages: tuple[Usage, ...]
+
+
+def read_buckets(series: UsageSeries, models: list[str], links: ListLinks) -> tuple[list[Bucket], bool]:
+    """Return every bucket of ``series`` with ``models``' usage apart and the rest summed; and whether there is a rest."""
+    index = {model: position for position, model in enumerate(models)}
+    table: dict[int, list[Usage]] = {}
+    others = False
+    for (start, model), usage in series.cells.items():
+        row = table.setdefault(start, [Usage()] * (len(models) + 1))
+        position = index.get(model, len(models))
+        others = others or position == len(models)
+        row[position] = row[position] + usage
+    buckets = []
+    for start in series.bucket_starts():
+        usages = table.get(start, [Usage()] * (len(models) + 1))
+        href, hrefs = links.bucket(start, series.span)
+        buckets.append(
+            Bucket(
+                label=bucket_label(start, series.span),
+                href=href,
+                hrefs=hrefs + ((href,) if others else ()),
+                usages=tuple(usages if others else usages[:-1]),
+            )
+        )
+    return buckets, others
+
+
 @dataclass(frozen=True)
 class Chart:
     """One chart and the table of its exact numbers."""
@@ -128,30 +183,12 @@ class Chart:
     last: str
 
 
-def build_chart(
-    *,
-    chart_id: str,
-    title: str,
-    series: UsageSeries,
-    models: list[str],
-    measure: Callable[[Usage], int],
-    link: Callable[..., str],
-) -> Chart:
-    """Return the stacked bar chart of ``measure`` per bucket, one segment per model in ``models`` and one for the rest."""
-    kinds = [Series(model, f"series-{index}") for index, model in enumerate(models)]
-    named = set(models)
-    others = any(model not in named for _start, model in series.cells)
-    if others:
-        kinds.append(Series(OTHER_MODELS, "series-other"))
-    columns = []
-    for start in series.bucket_starts():
-        bounds = bucket_bounds(start, series.span)
-        values = [measure(series.cells.get((start, model), Usage())) for model in models]
-        hrefs: list[str | None] = [link(model=model, **bounds) for model in models]
-        if others:
-            values.append(sum(measure(usage) for (at, model), usage in series.cells.items() if at == start and model not in named))
-            hrefs.append(link(**bounds))
-        columns.append(Column(label=bucket_label(start, series.span), href=link(**bounds), values=tuple(values), hrefs=tuple(hrefs)))
+def build_chart(*, chart_id: str, title: str, kinds: list[Series], buckets: list[Bucket], measure: Callable[[Usage], int]) -> Chart:
+    """Return the stacked bar chart of ``measure`` per bucket, one segment per series."""
+    columns = [
+        Column(label=bucket.label, href=bucket.href, values=tuple(measure(usage) for usage in bucket.usages), hrefs=bucket.hrefs)
+        for bucket in buckets
+    ]
     top = nice_ceiling(max((column.total for column in columns), default=0))
     return Chart(
         chart_id=chart_id,
@@ -219,9 +256,13 @@ def overview() -> Any:
     by_model = counted.by_model()
     models = list(by_model)[:MAX_SERIES]
     unit = {HOUR: "hour", DAY: "day", WEEK: "week"}[counted.span]
+    buckets, others = read_buckets(counted, models, ListLinks(args, models))
+    kinds = [Series(model, f"series-{index}") for index, model in enumerate(models)]
+    if others:
+        kinds.append(Series(OTHER_MODELS, "series-other"))
     charts = [
-        build_chart(chart_id="chart-completions", title=f"Completions per {unit}, by model", series=counted, models=models, measure=lambda u: u.completions, link=link),
-        build_chart(chart_id="chart-tokens", title=f"Tokens per {unit} (prompt and completion), by model", series=counted, models=models, measure=lambda u: u.tokens, link=link),
+        build_chart(chart_id="chart-completions", title=f"Completions per {unit}, by model", kinds=kinds, buckets=buckets, measure=lambda u: u.completions),
+        build_chart(chart_id="chart-tokens", title=f"Tokens per {unit} (prompt and completion), by model", kinds=kinds, buckets=buckets, measure=lambda u: u.tokens),
     ]
     total = counted.total
     return (
