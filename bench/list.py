@@ -22,7 +22,7 @@ from sqlalchemy import insert, text  # noqa: E402
 from webapp import create_app, store  # noqa: E402
 from webapp.extensions import db  # noqa: E402
 from webapp.models import Completion, CompletionMetadata  # noqa: E402
-from webapp.validation import ListQuery  # noqa: E402
+from webapp.validation import Filter, ListQuery, PageQuery  # noqa: E402
 
 BATCH = 5000
 
@@ -64,11 +64,16 @@ def fill(rows: int) -> None:
     db.session.commit()
 
 
+def Q(*, model: str | None = None, metadata: dict[str, str] | None = None, **page: object) -> ListQuery:
+    """Return a list query from the API's parameter names."""
+    return ListQuery(filter=Filter(model=model, metadata=metadata or {}), page=PageQuery(**page))  # type: ignore[arg-type]
+
+
 def measure(name: str, query: ListQuery, repeat: int) -> None:
     timings = []
     for _ in range(repeat):
         start = time.perf_counter()
-        page = store.list_completions(db.session, query=query)
+        page = store.list_completions(db.session, filter=query.filter, page=query.page)
         [store.completion_object(row) for row in page.rows]
         timings.append((time.perf_counter() - start) * 1000)
         db.session.rollback()
@@ -95,17 +100,17 @@ def main() -> None:
         fill(args.rows)
         middle = f"chatcmpl-{args.rows // 2:08d}"
         print(f"{args.rows} completions on {db.engine.dialect.name}")
-        measure("first page (20)", ListQuery(), args.repeat)
-        measure("newest first (20)", ListQuery(order="desc"), args.repeat)
-        measure("deep cursor (100)", ListQuery(after=middle, limit=100), args.repeat)
-        measure("model filter", ListQuery(model="model-3", order="desc"), args.repeat)
-        measure("common metadata filter (1/4)", ListQuery(metadata={"team": "team-2"}, order="desc"), args.repeat)
-        measure("rare metadata filter (1/1000)", ListQuery(metadata={"rare": "yes"}, order="desc"), args.repeat)
-        measure("two common filters (1/4 x 1/4)", ListQuery(metadata={"team": "team-2", "shard": "shard-1"}, order="desc"), args.repeat)
-        measure("two common filters, never together", ListQuery(metadata={"team": "team-0", "parity": "p1"}, order="desc"), 5)
-        measure("common + rare filter", ListQuery(metadata={"team": "team-0", "rare": "yes"}, order="desc"), args.repeat)
-        measure("rare filter + deep cursor", ListQuery(metadata={"rare": "yes"}, after=middle), args.repeat)
-        measure("absent metadata value", ListQuery(metadata={"team": "nobody"}), 3)
+        measure("first page (20)", Q(), args.repeat)
+        measure("newest first (20)", Q(order="desc"), args.repeat)
+        measure("deep cursor (100)", Q(after=middle, limit=100), args.repeat)
+        measure("model filter", Q(model="model-3", order="desc"), args.repeat)
+        measure("common metadata filter (1/4)", Q(metadata={"team": "team-2"}, order="desc"), args.repeat)
+        measure("rare metadata filter (1/1000)", Q(metadata={"rare": "yes"}, order="desc"), args.repeat)
+        measure("two common filters (1/4 x 1/4)", Q(metadata={"team": "team-2", "shard": "shard-1"}, order="desc"), args.repeat)
+        measure("two common filters, never together", Q(metadata={"team": "team-0", "parity": "p1"}, order="desc"), 5)
+        measure("common + rare filter", Q(metadata={"team": "team-0", "rare": "yes"}, order="desc"), args.repeat)
+        measure("rare filter + deep cursor", Q(metadata={"rare": "yes"}, after=middle), args.repeat)
+        measure("absent metadata value", Q(metadata={"team": "nobody"}), 3)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@ must each reject every case with the same param, code and message."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
+
+from webapp import validation
 
 
 @dataclass(frozen=True)
@@ -13,6 +17,8 @@ class BadMetadata:
     metadata: Any
     param: str
     code: str
+    # Which half of a pair is at fault (a form shows the message beside it); None: the whole map.
+    part: str | None = None
 
 
 @dataclass(frozen=True)
@@ -26,17 +32,17 @@ class BadQuery:
 LONG_KEY = "k" * 65
 BAD_METADATA = [
     BadMetadata("too-many-pairs", {f"k{i}": "v" for i in range(17)}, "metadata", "object_above_max_properties"),
-    BadMetadata("key-too-long", {LONG_KEY: "v"}, f"metadata.{LONG_KEY}", "property_name_above_max_length"),
-    BadMetadata("value-too-long", {"topic": "x" * 513}, "metadata.topic", "string_above_max_length"),
+    BadMetadata("key-too-long", {LONG_KEY: "v"}, f"metadata.{LONG_KEY}", "property_name_above_max_length", "key"),
+    BadMetadata("value-too-long", {"topic": "x" * 513}, "metadata.topic", "string_above_max_length", "value"),
     # 513 characters but fewer bytes would pass a byte count; 300 two-byte characters pass a character count.
-    BadMetadata("value-too-long-unicode", {"topic": "é" * 513}, "metadata.topic", "string_above_max_length"),
-    BadMetadata("value-number", {"score": 5}, "metadata.score", "invalid_type"),
-    BadMetadata("value-null", {"score": None}, "metadata.score", "invalid_type"),
-    BadMetadata("value-object", {"score": {"a": "b"}}, "metadata.score", "invalid_type"),
+    BadMetadata("value-too-long-unicode", {"topic": "é" * 513}, "metadata.topic", "string_above_max_length", "value"),
+    BadMetadata("value-number", {"score": 5}, "metadata.score", "invalid_type", "value"),
+    BadMetadata("value-null", {"score": None}, "metadata.score", "invalid_type", "value"),
+    BadMetadata("value-object", {"score": {"a": "b"}}, "metadata.score", "invalid_type", "value"),
     BadMetadata("not-an-object", ["a", "b"], "metadata", "invalid_type"),
-    BadMetadata("empty-key", {"": "v"}, "metadata", "invalid_value"),
-    BadMetadata("nul-in-key", {"a\x00b": "v"}, "metadata", "invalid_value"),
-    BadMetadata("nul-in-value", {"topic": "a\x00b"}, "metadata.topic", "invalid_value"),
+    BadMetadata("empty-key", {"": "v"}, "metadata", "invalid_value", "key"),
+    BadMetadata("nul-in-key", {"a\x00b": "v"}, "metadata", "invalid_value", "key"),
+    BadMetadata("nul-in-value", {"topic": "a\x00b"}, "metadata.topic", "invalid_value", "value"),
 ]
 # Values at the limits that must pass.
 GOOD_METADATA = [
@@ -61,3 +67,45 @@ BAD_LIST_QUERIES = [
     BadQuery("filter-key-twice", [("metadata[team]", "red"), ("metadata[team]", "blue")], "metadata.team", "invalid_value"),
     BadQuery("filter-value-too-long", [("metadata[topic]", "x" * 513)], "metadata.topic", "string_above_max_length"),
 ]
+
+
+@dataclass(frozen=True)
+class FilterCase:
+    """A filter over the ``seeded`` completions and the ids it matches, oldest first.
+
+    The API and the admin list must both find exactly these (the list newest first).
+    """
+
+    id: str
+    model: str | None
+    metadata: list[tuple[str, str]]
+    expected: list[str]
+
+    def api_query(self) -> str:
+        """Return the filter as the API's query string."""
+        pairs = [("model", self.model)] if self.model else []
+        return urlencode(pairs + [(f"metadata[{key}]", value) for key, value in self.metadata])
+
+    def admin_query(self) -> str:
+        """Return the filter as the admin list's query string (``metadata=KEY=VALUE``)."""
+        pairs = [("model", self.model)] if self.model else []
+        return urlencode(pairs + [("metadata", f"{key}={value}") for key, value in self.metadata])
+
+
+FILTER_CASES = [
+    FilterCase("model", "gpt-a", [], ["c1", "c3", "c5"]),
+    FilterCase("one-pair", None, [("team", "red")], ["c0", "c1", "c2"]),
+    FilterCase("two-pairs", None, [("team", "red"), ("n", "2")], ["c2"]),
+    FilterCase("model-and-pair", "gpt-b", [("team", "blue")], ["c4"]),
+    FilterCase("no-such-value", None, [("team", "green")], []),
+    FilterCase("no-such-model", "gpt-z", [], []),
+]
+
+
+def message_of(rule: Callable[[Any], Any], value: Any) -> str:
+    """Return the message a rule of ``webapp.validation`` words for ``value``: every surface must show exactly it."""
+    try:
+        rule(value)
+    except validation.ValidationError as exc:
+        return exc.message
+    raise AssertionError(f"{value!r} passes {rule.__name__}")

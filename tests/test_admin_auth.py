@@ -15,8 +15,8 @@ from webapp.admin.auth import CONTENT_SECURITY_POLICY, MAX_FAILED_SIGN_INS
 from webapp.extensions import db
 from webapp.models import User, UserSession, utcnow
 
-from .admin_fixtures import PASSWORD, USERNAME, Admin, csrf_token, sign_in, text
-from .conftest import TEST_SECRET_KEY, completion_body, seed
+from .admin_helpers import PASSWORD, USERNAME, Admin, csrf_token, sign_in, text
+from .helpers import TEST_SECRET_KEY, completion_body, seed
 
 PAGES = ["/", "/?model=gpt-a&metadata=team%3Dred", "/completions/c1", "/delete/c1", "/keys", "/export?format=chat"]
 FORMS = ["/completions/c1", "/delete/c1", "/bulk", "/history/1/restore", "/keys", "/keys/revoke", "/logout"]

@@ -11,8 +11,8 @@ from webapp import store
 from webapp.extensions import db
 from webapp.models import ApiKey
 
-from .admin_fixtures import Admin, element, text
-from .conftest import completion_body, make_key, seed
+from .admin_helpers import Admin, element, text
+from .helpers import completion_body, make_key, seed
 
 
 def test_the_page_lists_each_key_with_scope_and_dates(admin: Admin, client) -> None:

@@ -13,8 +13,8 @@ import pytest
 from webapp import store
 from webapp.extensions import write_transaction
 
-from .admin_fixtures import Admin, element
-from .conftest import completion_body, seed
+from .admin_helpers import Admin, element
+from .helpers import completion_body, seed
 from .test_overview_rollup import record
 
 T0 = 1_767_225_600  # Thursday 1 January 2026 00:00:00 UTC

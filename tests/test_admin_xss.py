@@ -8,8 +8,8 @@ from urllib.parse import quote
 import pytest
 from flask.testing import FlaskClient
 
-from .admin_fixtures import Admin
-from .conftest import completion_body, make_key, seed
+from .admin_helpers import Admin
+from .helpers import completion_body, make_key, seed
 
 PAYLOAD = "<img src=x onerror=alert(1)>"
 SCRIPT = "</script><script>alert(2)</script>"

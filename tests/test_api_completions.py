@@ -8,11 +8,12 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from webapp import validation
 from webapp.extensions import db
 from webapp.models import CompletionMetadata, MetadataChange
 
-from .cases import BAD_LIST_QUERIES, BAD_METADATA, BadMetadata, BadQuery
-from .conftest import completion_body, seed
+from .cases import BAD_LIST_QUERIES, BAD_METADATA, FILTER_CASES, BadMetadata, BadQuery, FilterCase, message_of
+from .helpers import completion_body, seed
 
 URL = "/v1/chat/completions"
 
@@ -25,8 +26,8 @@ def test_list_returns_the_completion_objects(client: FlaskClient, auth: dict, se
     response = client.get(URL, headers=auth)
     assert response.status_code == 200
     body = response.get_json()
-    assert ids(body) == [f"chatcmpl-{i}" for i in range(5)]
-    assert body["first_id"] == "chatcmpl-0" and body["last_id"] == "chatcmpl-4" and body["has_more"] is False
+    assert ids(body) == [f"c{i}" for i in range(6)]
+    assert body["first_id"] == "c0" and body["last_id"] == "c5" and body["has_more"] is False
     expected = {k: v for k, v in seeded[0].items() if k != "messages"}
     assert body["data"][0] == expected
 
@@ -37,22 +38,21 @@ def test_empty_list(client: FlaskClient, auth: dict) -> None:
     }
 
 
+@pytest.mark.parametrize("case", FILTER_CASES, ids=lambda c: c.id)
+def test_list_filters(client: FlaskClient, auth: dict, seeded: list, case: FilterCase) -> None:
+    assert ids(client.get(f"{URL}?{case.api_query()}", headers=auth).get_json()) == case.expected
+
+
 @pytest.mark.parametrize(
     "query, expected",
     [
-        ("model=gpt-a", ["chatcmpl-1", "chatcmpl-3"]),
-        ("metadata[team]=red", ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2"]),
-        ("metadata[team]=red&metadata[n]=2", ["chatcmpl-2"]),
-        ("metadata[team]=blue&model=gpt-b", ["chatcmpl-4"]),
-        ("metadata[team]=green", []),
-        ("model=gpt-z", []),
-        ("order=desc", [f"chatcmpl-{i}" for i in range(4, -1, -1)]),
-        ("order=desc&after=chatcmpl-2", ["chatcmpl-1", "chatcmpl-0"]),
-        ("after=chatcmpl-2", ["chatcmpl-3", "chatcmpl-4"]),
-        ("limit=2", ["chatcmpl-0", "chatcmpl-1"]),
+        ("order=desc", [f"c{i}" for i in range(5, -1, -1)]),
+        ("order=desc&after=c2", ["c1", "c0"]),
+        ("after=c2", ["c3", "c4", "c5"]),
+        ("limit=2", ["c0", "c1"]),
     ],
 )
-def test_list_filters_and_order(client: FlaskClient, auth: dict, seeded: list, query: str, expected: list[str]) -> None:
+def test_list_order_and_paging(client: FlaskClient, auth: dict, seeded: list, query: str, expected: list[str]) -> None:
     assert ids(client.get(f"{URL}?{query}", headers=auth).get_json()) == expected
 
 
@@ -72,9 +72,9 @@ def test_paging_through_ties_never_skips_or_repeats(client: FlaskClient, auth: d
 
 
 def test_a_deleted_cursor_still_pages_on(client: FlaskClient, auth: dict, seeded: list) -> None:
-    assert client.delete(f"{URL}/chatcmpl-1", headers=auth).status_code == 200
-    assert ids(client.get(f"{URL}?after=chatcmpl-1", headers=auth).get_json()) == ["chatcmpl-2", "chatcmpl-3", "chatcmpl-4"]
-    assert ids(client.get(f"{URL}?after=chatcmpl-1&order=desc", headers=auth).get_json()) == ["chatcmpl-0"]
+    assert client.delete(f"{URL}/c1", headers=auth).status_code == 200
+    assert ids(client.get(f"{URL}?after=c1", headers=auth).get_json()) == ["c2", "c3", "c4", "c5"]
+    assert ids(client.get(f"{URL}?after=c1&order=desc", headers=auth).get_json()) == ["c0"]
 
 
 def test_an_unknown_cursor_is_a_400(client: FlaskClient, auth: dict, seeded: list) -> None:
@@ -84,7 +84,7 @@ def test_an_unknown_cursor_is_a_400(client: FlaskClient, auth: dict, seeded: lis
 
 
 def test_the_last_page_after_a_real_cursor_is_empty_not_an_error(client: FlaskClient, auth: dict, seeded: list) -> None:
-    body = client.get(f"{URL}?after=chatcmpl-4", headers=auth).get_json()
+    body = client.get(f"{URL}?after=c5", headers=auth).get_json()
     assert body["data"] == [] and body["has_more"] is False
 
 
@@ -97,7 +97,7 @@ def test_bad_list_queries(client: FlaskClient, auth: dict, case: BadQuery) -> No
 
 
 def test_retrieve_has_an_etag(client: FlaskClient, auth: dict, seeded: list) -> None:
-    response = client.get(f"{URL}/chatcmpl-3", headers=auth)
+    response = client.get(f"{URL}/c3", headers=auth)
     assert response.status_code == 200
     assert response.get_json()["metadata"] == {"team": "blue", "n": "3"}
     assert response.headers["ETag"] == '"1"'
@@ -110,66 +110,62 @@ def test_retrieve_unknown_is_404(client: FlaskClient, auth: dict) -> None:
 
 
 def test_update_replaces_the_whole_map_and_records_history(client: FlaskClient, auth: dict, seeded: list) -> None:
-    response = client.post(f"{URL}/chatcmpl-0", json={"metadata": {"label": "good"}}, headers=auth)
+    response = client.post(f"{URL}/c0", json={"metadata": {"label": "good"}}, headers=auth)
     assert response.status_code == 200
     assert response.get_json()["metadata"] == {"label": "good"}
     assert response.headers["ETag"] == '"2"'
-    assert client.get(f"{URL}/chatcmpl-0", headers=auth).get_json()["metadata"] == {"label": "good"}
-    assert ids(client.get(f"{URL}?metadata[label]=good", headers=auth).get_json()) == ["chatcmpl-0"]
-    assert ids(client.get(f"{URL}?metadata[team]=red", headers=auth).get_json()) == ["chatcmpl-1", "chatcmpl-2"]
+    assert client.get(f"{URL}/c0", headers=auth).get_json()["metadata"] == {"label": "good"}
+    assert ids(client.get(f"{URL}?metadata[label]=good", headers=auth).get_json()) == ["c0"]
+    assert ids(client.get(f"{URL}?metadata[team]=red", headers=auth).get_json()) == ["c1", "c2"]
     change = db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "key:test")).one()
-    assert (change.completion_id, change.before, change.after) == ("chatcmpl-0", {"team": "red", "n": "0"}, {"label": "good"})
+    assert (change.completion_id, change.before, change.after) == ("c0", {"team": "red", "n": "0"}, {"label": "good"})
 
 
 @pytest.mark.parametrize("cleared", [None, {}])
 def test_null_or_empty_metadata_clears(client: FlaskClient, auth: dict, seeded: list, cleared: Any) -> None:
-    response = client.post(f"{URL}/chatcmpl-0", json={"metadata": cleared}, headers=auth)
+    response = client.post(f"{URL}/c0", json={"metadata": cleared}, headers=auth)
     assert response.get_json()["metadata"] == {}
     assert db.session.scalars(select(CompletionMetadata).where(CompletionMetadata.completion_seq == 1)).all() == []
 
 
 @pytest.mark.parametrize("case", BAD_METADATA, ids=lambda c: c.id)
 def test_bad_metadata_on_update_changes_nothing(client: FlaskClient, auth: dict, seeded: list, case: BadMetadata) -> None:
-    from webapp import validation
-
-    response = client.post(f"{URL}/chatcmpl-0", json={"metadata": case.metadata}, headers=auth)
+    response = client.post(f"{URL}/c0", json={"metadata": case.metadata}, headers=auth)
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", case.param, case.code)
-    with pytest.raises(validation.ValidationError) as info:
-        validation.clean_metadata(case.metadata)
-    assert error["message"] == info.value.message
-    assert client.get(f"{URL}/chatcmpl-0", headers=auth).get_json()["metadata"] == seeded[0]["metadata"]
+    assert error["message"] == message_of(validation.clean_metadata, case.metadata)
+    assert client.get(f"{URL}/c0", headers=auth).get_json()["metadata"] == seeded[0]["metadata"]
 
 
 def test_if_match_guards_the_update(client: FlaskClient, auth: dict, seeded: list) -> None:
-    etag = client.get(f"{URL}/chatcmpl-0", headers=auth).headers["ETag"]
-    first = client.post(f"{URL}/chatcmpl-0", json={"metadata": {"a": "1"}}, headers={**auth, "If-Match": etag})
+    etag = client.get(f"{URL}/c0", headers=auth).headers["ETag"]
+    first = client.post(f"{URL}/c0", json={"metadata": {"a": "1"}}, headers={**auth, "If-Match": etag})
     assert first.status_code == 200
-    stale = client.post(f"{URL}/chatcmpl-0", json={"metadata": {"a": "2"}}, headers={**auth, "If-Match": etag})
+    stale = client.post(f"{URL}/c0", json={"metadata": {"a": "2"}}, headers={**auth, "If-Match": etag})
     assert stale.status_code == 412
     assert stale.get_json()["error"]["code"] == "precondition_failed"
-    assert client.get(f"{URL}/chatcmpl-0", headers=auth).get_json()["metadata"] == {"a": "1"}
-    fresh = client.post(f"{URL}/chatcmpl-0", json={"metadata": {"a": "3"}}, headers={**auth, "If-Match": first.headers["ETag"]})
+    assert client.get(f"{URL}/c0", headers=auth).get_json()["metadata"] == {"a": "1"}
+    fresh = client.post(f"{URL}/c0", json={"metadata": {"a": "3"}}, headers={**auth, "If-Match": first.headers["ETag"]})
     assert fresh.status_code == 200
-    star = client.post(f"{URL}/chatcmpl-0", json={"metadata": {"a": "4"}}, headers={**auth, "If-Match": "*"})
+    star = client.post(f"{URL}/c0", json={"metadata": {"a": "4"}}, headers={**auth, "If-Match": "*"})
     assert star.status_code == 200
 
 
 def test_delete_then_everything_is_404(client: FlaskClient, auth: dict, seeded: list) -> None:
-    response = client.delete(f"{URL}/chatcmpl-2", headers=auth)
-    assert response.get_json() == {"object": "chat.completion.deleted", "id": "chatcmpl-2", "deleted": True}
+    response = client.delete(f"{URL}/c2", headers=auth)
+    assert response.get_json() == {"object": "chat.completion.deleted", "id": "c2", "deleted": True}
     for method, path in [("get", ""), ("delete", ""), ("get", "/messages")]:
-        assert getattr(client, method)(f"{URL}/chatcmpl-2{path}", headers=auth).status_code == 404
-    assert client.post(f"{URL}/chatcmpl-2", json={"metadata": {}}, headers=auth).status_code == 404
-    assert "chatcmpl-2" not in ids(client.get(URL, headers=auth).get_json())
-    assert ids(client.get(f"{URL}?metadata[team]=red", headers=auth).get_json()) == ["chatcmpl-0", "chatcmpl-1"]
+        assert getattr(client, method)(f"{URL}/c2{path}", headers=auth).status_code == 404
+    assert client.post(f"{URL}/c2", json={"metadata": {}}, headers=auth).status_code == 404
+    assert "c2" not in ids(client.get(URL, headers=auth).get_json())
+    assert ids(client.get(f"{URL}?metadata[team]=red", headers=auth).get_json()) == ["c0", "c1"]
 
 
 def test_reimporting_a_deleted_id_brings_it_back_in_its_place(client: FlaskClient, auth: dict, seeded: list) -> None:
-    client.delete(f"{URL}/chatcmpl-2", headers=auth)
+    client.delete(f"{URL}/c2", headers=auth)
     seed(seeded[2])
-    assert ids(client.get(URL, headers=auth).get_json()) == [f"chatcmpl-{i}" for i in range(5)]
+    assert ids(client.get(URL, headers=auth).get_json()) == [f"c{i}" for i in range(6)]
 
 
 def test_messages_are_listed_with_ids_and_paged(client: FlaskClient, auth: dict, app) -> None:
@@ -199,14 +195,14 @@ def test_messages_are_listed_with_ids_and_paged(client: FlaskClient, auth: dict,
 def test_read_only_key_reads_but_cannot_write(client: FlaskClient, read_only_key: str, seeded: list) -> None:
     headers = {"Authorization": f"Bearer {read_only_key}"}
     assert client.get(URL, headers=headers).status_code == 200
-    assert client.get(f"{URL}/chatcmpl-0", headers=headers).status_code == 200
+    assert client.get(f"{URL}/c0", headers=headers).status_code == 200
     for response in (
-        client.post(f"{URL}/chatcmpl-0", json={"metadata": {}}, headers=headers),
-        client.delete(f"{URL}/chatcmpl-0", headers=headers),
+        client.post(f"{URL}/c0", json={"metadata": {}}, headers=headers),
+        client.delete(f"{URL}/c0", headers=headers),
     ):
         assert response.status_code == 403
         assert response.get_json()["error"]["code"] == "insufficient_permissions"
-    assert client.get(f"{URL}/chatcmpl-0", headers=headers).get_json()["metadata"] == seeded[0]["metadata"]
+    assert client.get(f"{URL}/c0", headers=headers).get_json()["metadata"] == seeded[0]["metadata"]
 
 
 def test_revoked_key_is_refused(client: FlaskClient, runner, api_key: str) -> None:

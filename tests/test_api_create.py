@@ -17,7 +17,7 @@ from webapp.extensions import db
 from webapp.models import Completion
 from webapp.upstream import split_events
 
-from .conftest import LiveServer, make_key, start_gunicorn, stop_server
+from .helpers import LiveServer, make_key, start_gunicorn, stop_server
 from .openapi import check_response
 from .sdk import sdk_client
 from .upstream_double import MODEL, Choice, Failure, Hang, Scripted, ToolCall, UpstreamDouble, completion_json

@@ -19,8 +19,8 @@ import pytest
 from webapp import store
 from webapp.extensions import write_transaction
 
-from .admin_fixtures import PASSWORD, USERNAME, make_user, metadata_of
-from .conftest import ROOT, LiveServer, completion_body, require, seed
+from .admin_helpers import PASSWORD, USERNAME, make_user, metadata_of
+from .helpers import ROOT, LiveServer, completion_body, require, seed
 
 pytestmark = pytest.mark.browser
 

@@ -10,10 +10,12 @@ from click.testing import Result
 from sqlalchemy import func, select
 
 from webapp import store
+from webapp.store import completions
+from webapp.validation import Filter
 from webapp.extensions import db
 from webapp.models import ApiKey, Completion, MetadataChange, User
 
-from .conftest import completion_body, seed
+from .helpers import completion_body, seed
 
 
 def last_line(result: Result) -> str:
@@ -71,7 +73,7 @@ def api_objects(client, auth) -> list[dict]:
 
 
 def test_export_then_import_into_an_empty_database_is_identical(runner, client, auth, seeded, tmp_path: Path) -> None:
-    from .conftest import empty_database, make_key
+    from .helpers import empty_database, make_key
 
     seed(completion_body("multi", messages=[{"role": "user", "content": [{"type": "text", "text": "ünïcode ✓"}]}], metadata={"emoji": "🙂"}))
     before = api_objects(client, auth)
@@ -80,13 +82,13 @@ def test_export_then_import_into_an_empty_database_is_identical(runner, client, 
     result = runner.invoke(args=["export", "-o", str(out)])
     assert result.exit_code == 0, result.output
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 6 and all("messages" in json.loads(line) for line in lines)
+    assert len(lines) == 7 and all("messages" in json.loads(line) for line in lines)
 
     empty_database()
     headers = {"Authorization": f"Bearer {make_key(name='again')}"}
     result = runner.invoke(args=["import", str(out)])
     assert result.exit_code == 0, result.output
-    assert "6 new or changed" in result.output
+    assert "7 new or changed" in result.output
     assert api_objects(client, headers) == before
     assert client.get("/v1/chat/completions/multi/messages", headers=headers).get_json() == messages_before
 
@@ -101,7 +103,7 @@ def test_importing_twice_changes_nothing(runner, seeded, tmp_path: Path) -> None
     versions = dict(db.session.execute(select(Completion.id, Completion.version)).all())
     changes = db.session.scalar(select(func.count()).select_from(MetadataChange))
     result = runner.invoke(args=["import", str(out)])
-    assert result.exit_code == 0 and "0 new or changed, 5 unchanged" in result.output
+    assert result.exit_code == 0 and "0 new or changed, 6 unchanged" in result.output
     db.session.expire_all()
     assert dict(db.session.execute(select(Completion.id, Completion.version)).all()) == versions
     assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == changes
@@ -128,9 +130,9 @@ def test_import_from_stdin(runner, client, auth) -> None:
 
 def test_export_filters(runner, seeded) -> None:
     result = runner.invoke(args=["export", "--model", "gpt-a", "--metadata", "team=red"])
-    assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["chatcmpl-1"]
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["c1"]
     result = runner.invoke(args=["export", "--metadata", "team=blue", "--metadata", "n=4"])
-    assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["chatcmpl-4"]
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["c4"]
 
 
 def test_export_rejects_a_bad_filter(runner) -> None:
@@ -156,13 +158,13 @@ def test_export_streams_in_batches(app, monkeypatch: pytest.MonkeyPatch) -> None
     """Export reads a bounded page at a time, whatever the size of the store."""
     seed(*(completion_body(f"b{i:03d}") for i in range(25)))
     pages: list[int] = []
-    real = store.list_completions
+    real = completions.list_completions
 
-    def counting(session, *, query):  # type: ignore[no-untyped-def]
-        page = real(session, query=query)
-        pages.append(len(page.rows))
-        return page
+    def counting(session, *, filter, page):  # type: ignore[no-untyped-def]
+        found = real(session, filter=filter, page=page)
+        pages.append(len(found.rows))
+        return found
 
-    monkeypatch.setattr(store, "list_completions", counting)
-    ids = [row.id for row in store.iter_completions(db.session, batch_size=10)]
+    monkeypatch.setattr(completions, "list_completions", counting)
+    ids = [row.id for row in store.iter_completions(db.session, filter=Filter(), batch_size=10)]
     assert ids == [f"b{i:03d}" for i in range(25)] and pages == [10, 10, 5]

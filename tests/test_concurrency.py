@@ -11,7 +11,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import Completion, MetadataChange
 
-from .conftest import LiveServer, completion_body, make_key, seed
+from .helpers import LiveServer, completion_body, make_key, seed
 
 THREADS = 8
 ROUNDS = 6

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from webapp.extensions import db
 from webapp.models import Completion, MetadataChange
 
-from .conftest import ROOT, TEST_SECRET_KEY, completion_body
+from .helpers import ROOT, TEST_SECRET_KEY, completion_body
 
 LINES = 4000
 

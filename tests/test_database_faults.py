@@ -9,7 +9,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from .conftest import completion_body, free_port, make_key, seed, start_gunicorn, stop_server
+from .helpers import completion_body, free_port, make_key, seed, start_gunicorn, stop_server
 from .relay import TcpRelay
 
 

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from webapp import create_app
 
-from .conftest import TEST_SECRET_KEY, ValidatingClient, seed, completion_body
+from .helpers import TEST_SECRET_KEY, ValidatingClient, seed, completion_body
 
 URL = "/v1/chat/completions"
 

@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 
 from collections.abc import Iterator
 
-from .conftest import LiveServer, completion_body, make_key, seed, start_gunicorn, stop_server
+from .helpers import LiveServer, completion_body, make_key, seed, start_gunicorn, stop_server
 from .openapi import SPEC_PATH, check_response
 from .upstream_double import UpstreamDouble
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 from flask.testing import FlaskClient
 
-from .conftest import LiveServer, completion_body, make_key, seed
+from .helpers import LiveServer, completion_body, make_key, seed
 from .sdk import sdk_client
 
 ODD_IDS = [

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import LiveServer, make_key, seed, completion_body, start_gunicorn, stop_server
+from .helpers import LiveServer, make_key, seed, completion_body, start_gunicorn, stop_server
 from .upstream_double import Failure, Scripted, UpstreamDouble
 
 UPSTREAM_KEY = "sk-upstream-metrics-secret"

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from webapp import store, store_overview
+from webapp import store
 from webapp.extensions import db, write_transaction
 from webapp.models import Completion, utcnow
-from webapp.store_overview import DAY, HOUR, Usage
+from webapp.store.overview import DAY, HOUR, Usage
 
-from .conftest import completion_body, seed
+from .helpers import completion_body, seed
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 
@@ -38,8 +38,8 @@ def record(completion_id: str, *, created: int, model: str = "gpt-a", usage: Any
 def assert_no_drift() -> dict[tuple[int, int, str], Usage]:
     """Assert the rollup equals a recount from the rows; return it."""
     db.session.rollback()
-    kept = store_overview.read_rollup(db.session)
-    assert kept == store_overview.recount_rollup(db.session)
+    kept = store.read_rollup(db.session)
+    assert kept == store.recount_rollup(db.session)
     return kept
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from .conftest import LiveServer, completion_body, make_key, seed
+from .helpers import LiveServer, completion_body, make_key, seed
 from .sdk import sdk_client
 
 SECOND = 1_700_000_000

@@ -14,8 +14,8 @@ from webapp import create_app
 from webapp.extensions import db
 from webapp.models import ApiKey, User
 
-from .admin_fixtures import PASSWORD, USERNAME, csrf_token, make_user, sign_in
-from .conftest import TEST_SECRET_KEY, completion_body, make_key, seed, start_gunicorn, stop_server
+from .admin_helpers import PASSWORD, USERNAME, csrf_token, make_user, sign_in
+from .helpers import TEST_SECRET_KEY, completion_body, make_key, seed, start_gunicorn, stop_server
 
 
 def session_cookie(response) -> str:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from .cases import BAD_LIST_QUERIES, BAD_METADATA, GOOD_METADATA, BadMetadata, B
 def test_bad_metadata_is_rejected_with_param_and_code(case: BadMetadata) -> None:
     with pytest.raises(ValidationError) as info:
         validation.clean_metadata(case.metadata)
-    assert (info.value.param, info.value.code) == (case.param, case.code)
+    assert (info.value.param, info.value.code, info.value.part) == (case.param, case.code, case.part)
     assert info.value.message
 
 
@@ -41,7 +41,10 @@ def test_bad_list_query_is_rejected(case: BadQuery) -> None:
 
 def test_list_query_defaults_and_filters() -> None:
     query = validation.clean_list_query([("metadata[team]", "red"), ("model", "gpt-a"), ("limit", "7"), ("order", "desc"), ("after", "x")])
-    assert query == validation.ListQuery(model="gpt-a", metadata={"team": "red"}, after="x", limit=7, order="desc")
+    assert query == validation.ListQuery(
+        filter=validation.Filter(model="gpt-a", metadata={"team": "red"}),
+        page=validation.PageQuery(after="x", limit=7, order="desc"),
+    )
     assert validation.clean_list_query([]) == validation.ListQuery()
 
 
@@ -105,7 +108,7 @@ def test_metadata_filter_text_without_equals_sign() -> None:
 
 
 def test_the_same_filter_twice_is_fine_but_two_values_for_one_key_are_refused() -> None:
-    assert validation.clean_metadata_filters(["team=red", "team=red"]) == {"team": "red"}
+    assert validation.clean_filters(metadata=[("team", "red"), ("team", "red")]).metadata == {"team": "red"}
     with pytest.raises(ValidationError) as info:
-        validation.clean_metadata_filters(["team=red", "team=blue"])
+        validation.clean_filters(metadata=[("team", "red"), ("team", "blue")])
     assert info.value.param == "metadata.team"

@@ -24,6 +24,7 @@ from flask import Flask
 
 from . import metrics
 from .errors import REQUEST_ID_HEADER, APIError
+from .validation import ValidationError, clean_completion
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ EXTENSION_KEY = "completion_store.upstream"
 # Answer headers worth passing on to the client: the OpenAI SDK reads them to pace its retries.
 PASSED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry"})
 PASSED_HEADER_PREFIX = "x-ratelimit-"
-# The fields without which a completion cannot be stored (or listed, or exported).
-REQUIRED_FIELDS: tuple[tuple[str, type], ...] = (("id", str), ("created", int), ("model", str))
 # An SSE event ends with a blank line. OpenAI and the servers that copy it end lines with
 # "\n"; "\r\n" and "\r" are allowed by the SSE specification too.
 EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -258,19 +257,17 @@ def _optional_str(value: Any) -> str | None:
 
 
 def require_completion(completion: Any) -> dict[str, Any]:
-    """Return ``completion`` if it is a chat completion the store can keep (an object with
-    a string ``id``, an integer ``created`` and a string ``model``); raise APIError 502 otherwise.
+    """Return ``completion`` if it is a chat completion the store can keep
+    (``validation.clean_completion``); raise APIError 502 otherwise.
     """
-    if isinstance(completion, dict) and all(
-        isinstance(completion.get(name), kind) and not isinstance(completion.get(name), bool)
-        for name, kind in REQUIRED_FIELDS
-    ):
-        return completion
-    raise APIError(
-        502,
-        "The upstream model server answered with something that is not a chat completion.",
-        type="server_error",
-    )
+    try:
+        return clean_completion(completion)
+    except ValidationError as exc:
+        raise APIError(
+            502,
+            f"The upstream model server answered with something that is not a chat completion we can keep: {exc.message}",
+            type="server_error",
+        ) from None
 
 
 # --- Server-sent events -----------------------------------------------------------------

@@ -8,6 +8,7 @@ API's field (``param``) and an OpenAI error ``code``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +17,7 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512
 MAX_API_KEY_NAME_LENGTH = 100
+MAX_ID_LENGTH = 255
 DEFAULT_LIMIT = 20
 MIN_LIMIT = 1
 MAX_LIMIT = 100
@@ -24,25 +26,37 @@ ORDERS = ("asc", "desc")
 Order = Literal["asc", "desc"]
 
 
-class ValidationError(Exception):
-    """A rejected input: ``message`` for people, ``param`` and ``code`` for programs."""
+Part = Literal["key", "value"]
+JSON_BODY_MESSAGE = "We could not parse the JSON body of your request. The body must be a JSON object."
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
+
+@dataclass(eq=False)  # exceptions compare and hash by identity
+class ValidationError(Exception):
+    """A rejected input: ``message`` for people, ``param`` and ``code`` for programs.
+
+    For a metadata pair at fault, ``key`` names the pair and ``part`` says which half is
+    wrong (``"key"`` or ``"value"``), so a form can show the message beside that input.
+    """
+
+    message: str
+    param: str | None = None
+    code: str | None = None
+    key: str | None = field(default=None, kw_only=True)
+    part: Part | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 
 @dataclass(frozen=True)
-class ListQuery:
-    """A cleaned ``GET /chat/completions`` query."""
+class Filter:
+    """Which completions a list, a download, an export or a bulk change is about.
+
+    Built only by :func:`clean_filters`, whatever door the filter came through.
+    """
 
     model: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    after: str | None = None
-    limit: int = DEFAULT_LIMIT
-    order: Order = "asc"
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,14 @@ class PageQuery:
     after: str | None = None
     limit: int = DEFAULT_LIMIT
     order: Order = "asc"
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A cleaned ``GET /chat/completions`` query: the filter and the page."""
+
+    filter: Filter = field(default_factory=Filter)
+    page: PageQuery = field(default_factory=PageQuery)
 
 
 @dataclass(frozen=True)
@@ -72,24 +94,31 @@ def _type_name(value: Any) -> str:
     )
 
 
-def reject_nul(value: str, param: str) -> str:
+_NUL_MESSAGE = "Invalid '{param}': strings must not contain NUL (\\u0000) characters."
+
+
+def reject_nul(value: str, param: str, *, key: str | None = None, part: Part | None = None) -> str:
     """Return ``value`` unless it holds a NUL character, which no database text column can keep."""
     if "\x00" in value:
-        raise ValidationError(f"Invalid '{param}': strings must not contain NUL (\\u0000) characters.", param, "invalid_value")
+        raise ValidationError(_NUL_MESSAGE.format(param=param), param, "invalid_value", key=key, part=part)
     return value
 
 
 def clean_metadata_key(key: Any, *, param: str = "metadata") -> str:
     """Return ``key`` if it is a usable metadata key; raise ValidationError otherwise."""
     if not isinstance(key, str) or not key:
-        raise ValidationError(f"Invalid '{param}': keys must be non-empty strings.", param, "invalid_value")
-    reject_nul(key, param)
+        raise ValidationError(
+            f"Invalid '{param}': keys must be non-empty strings.", param, "invalid_value", key="", part="key"
+        )
+    reject_nul(key, param, key=key, part="key")
     if len(key) > MAX_METADATA_KEY_LENGTH:
         raise ValidationError(
             f"Invalid '{param}.{key}': property name too long. Expected a property name with maximum "
             f"length {MAX_METADATA_KEY_LENGTH}, but got a property name with length {len(key)} instead.",
             f"{param}.{key}",
             "property_name_above_max_length",
+            key=key,
+            part="key",
         )
     return key
 
@@ -102,6 +131,8 @@ def clean_metadata_value(key: str, value: Any, *, param: str = "metadata") -> st
             f"Invalid type for '{where}': expected a string, but got {_type_name(value)} instead.",
             where,
             "invalid_type",
+            key=key,
+            part="value",
         )
     if len(value) > MAX_METADATA_VALUE_LENGTH:
         raise ValidationError(
@@ -109,8 +140,10 @@ def clean_metadata_value(key: str, value: Any, *, param: str = "metadata") -> st
             f"{MAX_METADATA_VALUE_LENGTH}, but got a string with length {len(value)} instead.",
             where,
             "string_above_max_length",
+            key=key,
+            part="value",
         )
-    return reject_nul(value, where)
+    return reject_nul(value, where, key=key, part="value")
 
 
 def _check_pair_count(count: int, param: str) -> None:
@@ -157,12 +190,18 @@ def clean_update_body(body: Any) -> dict[str, str]:
     return clean_metadata(body["metadata"])
 
 
+def parse_json(data: bytes | str) -> Any:
+    """Return the JSON value of a request body; raise ValidationError if it is not JSON."""
+    try:
+        return json.loads(data or b"")
+    except (ValueError, RecursionError):
+        raise ValidationError(JSON_BODY_MESSAGE) from None
+
+
 def require_object(body: Any) -> dict[str, Any]:
     """Return ``body`` if it is a JSON object; raise ValidationError otherwise."""
     if not isinstance(body, dict):
-        raise ValidationError(
-            "We could not parse the JSON body of your request. The body must be a JSON object.", None, None
-        )
+        raise ValidationError(JSON_BODY_MESSAGE)
     return body
 
 
@@ -204,12 +243,13 @@ def _clean_order(raw: str | None) -> Order:
     return raw  # type: ignore[return-value]
 
 
-def _clean_after(raw: str | None) -> str | None:
+def clean_cursor(raw: str | None, *, param: str = "after") -> str | None:
+    """Return a page cursor (the id of the row to page on from), or None; raise ValidationError if unusable."""
     if raw is None:
         return None
     if not raw:
-        raise ValidationError("Invalid 'after': expected a non-empty id.", "after", "invalid_value")
-    return reject_nul(raw, "after")
+        raise ValidationError(f"Invalid '{param}': expected a non-empty id.", param, "invalid_value")
+    return reject_nul(raw, param)
 
 
 def clean_page_query(pairs: Iterable[tuple[str, str]]) -> PageQuery:
@@ -219,46 +259,45 @@ def clean_page_query(pairs: Iterable[tuple[str, str]]) -> PageQuery:
         if name in ("after", "limit", "order"):
             args.setdefault(name, value)
     return PageQuery(
-        after=_clean_after(args.get("after")),
+        after=clean_cursor(args.get("after")),
         limit=_clean_limit(args.get("limit")),
         order=_clean_order(args.get("order")),
     )
 
 
+def clean_filters(*, model: str | None = None, metadata: Iterable[tuple[str, str]] = ()) -> Filter:
+    """Return the one filter value every door hands the store.
+
+    ``model`` is exact (blank means any); ``metadata`` is (KEY, VALUE) pairs that must
+    all match, by the metadata rules (at most 16; one key asked for two different values
+    is refused, not silently narrowed). Raises ValidationError naming the API's field.
+    """
+    filters: dict[str, str] = {}
+    for key, value in metadata:
+        if filters.get(key, value) != value:
+            raise ValidationError(
+                f"Invalid 'metadata.{key}': filtered on two different values; a completion has one value per key.",
+                f"metadata.{key}",
+                "invalid_value",
+                key=key,
+                part="value",
+            )
+        filters[key] = value
+    return Filter(model=reject_nul(model, "model") if model else None, metadata=clean_metadata(filters))
+
+
 def clean_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
     """Return the cleaned ``GET /chat/completions`` query given as (name, value) pairs.
 
-    ``metadata[KEY]=VALUE`` pairs (at most 16, each by the metadata rules) must all
-    match; ``model`` is exact; paging as :func:`clean_page_query`. Unknown names are
-    ignored, as OpenAI ignores them.
+    ``metadata[KEY]=VALUE`` pairs and ``model`` make the filter (:func:`clean_filters`);
+    paging as :func:`clean_page_query`. Unknown names are ignored, as OpenAI ignores them.
     """
     pairs = list(pairs)
-    page = clean_page_query(pairs)
-    model: str | None = None
-    filters: dict[str, str] = {}
-    for name, value in pairs:
-        if name == "model" and model is None:
-            model = value
-        elif name.startswith("metadata[") and name.endswith("]"):
-            add_metadata_filter(filters, name[len("metadata[") : -1], value)
-    return ListQuery(
-        model=reject_nul(model, "model") if model else None,
-        metadata=clean_metadata(filters),
-        after=page.after,
-        limit=page.limit,
-        order=page.order,
-    )
-
-
-def add_metadata_filter(filters: dict[str, str], key: str, value: str) -> None:
-    """Add ``key=value`` to ``filters``; one key asked for two different values is refused, not silently narrowed."""
-    if filters.get(key, value) != value:
-        raise ValidationError(
-            f"Invalid 'metadata.{key}': filtered on two different values; a completion has one value per key.",
-            f"metadata.{key}",
-            "invalid_value",
-        )
-    filters[key] = value
+    model = next((value for name, value in pairs if name == "model"), None)
+    metadata = [
+        (name[len("metadata[") : -1], value) for name, value in pairs if name.startswith("metadata[") and name.endswith("]")
+    ]
+    return ListQuery(filter=clean_filters(model=model, metadata=metadata), page=clean_page_query(pairs))
 
 
 def parse_metadata_filter(text: str) -> tuple[str, str]:
@@ -270,14 +309,6 @@ def parse_metadata_filter(text: str) -> tuple[str, str]:
         )
     key = clean_metadata_key(key.strip())
     return key, clean_metadata_value(key, value)
-
-
-def clean_metadata_filters(texts: Iterable[str]) -> dict[str, str]:
-    """Return the filter map of several ``KEY=VALUE`` texts, by the same rules as the API's filter."""
-    filters: dict[str, str] = {}
-    for text in texts:
-        add_metadata_filter(filters, *parse_metadata_filter(text))
-    return clean_metadata(filters)
 
 
 def clean_create_request(body: Any) -> CreateRequest:
@@ -334,14 +365,27 @@ def clean_create_request(body: Any) -> CreateRequest:
     return CreateRequest(forward=forward, store=flags["store"], stream=flags["stream"], metadata=metadata)
 
 
-def clean_import_record(record: Any) -> dict[str, Any]:
-    """Return a completion object of the export format (``store``), ready for the store.
+# The fields without which a completion cannot be stored (or listed, or exported).
+COMPLETION_FIELDS: tuple[tuple[str, type], ...] = (("id", str), ("created", int), ("model", str))
+IMPORT_FIELDS = COMPLETION_FIELDS + (("choices", list), ("messages", list))
 
-    Requires ``id`` (string), ``created`` (integer), ``model`` (string), ``choices``
-    (array) and ``messages`` (array of objects); ``metadata`` by the metadata rules.
+
+def clean_completion_id(value: str, *, param: str = "id") -> str:
+    """Return ``value`` if it can be a stored completion's id (1 to 255 characters, no NUL)."""
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ValidationError(f"Invalid '{param}': expected 1 to {MAX_ID_LENGTH} characters.", param, "invalid_value")
+    return reject_nul(value, param)
+
+
+def clean_completion(record: Any, *, required: tuple[tuple[str, type], ...] = COMPLETION_FIELDS) -> dict[str, Any]:
+    """Return ``record`` if it is a chat completion the store can keep.
+
+    It must be an object with the ``required`` fields of their types (by default a string
+    ``id`` by :func:`clean_completion_id`, an integer ``created`` and a string ``model``).
+    Raises ValidationError naming the first field at fault.
     """
     record = require_object(record)
-    for name, kind in (("id", str), ("created", int), ("model", str), ("choices", list), ("messages", list)):
+    for name, kind in required:
         if name not in record:
             raise ValidationError(f"Missing required field: '{name}'.", name, "missing_required_parameter")
         value = record[name]
@@ -351,10 +395,18 @@ def clean_import_record(record: Any) -> dict[str, Any]:
                 name,
                 "invalid_type",
             )
-    if not record["id"] or len(record["id"]) > 255:
-        raise ValidationError("Invalid 'id': expected 1 to 255 characters.", "id", "invalid_value")
-    reject_nul(record["id"], "id")
+    clean_completion_id(record["id"])
     reject_nul(record["model"], "model")
+    return record
+
+
+def clean_import_record(record: Any) -> dict[str, Any]:
+    """Return a completion object of the export format (``store``), ready for the store.
+
+    Requires what :func:`clean_completion` does plus ``choices`` (array) and ``messages``
+    (array of objects); ``metadata`` by the metadata rules.
+    """
+    record = clean_completion(record, required=IMPORT_FIELDS)
     if not all(isinstance(m, dict) for m in record["messages"]):
         raise ValidationError("Invalid 'messages': every message must be an object.", "messages", "invalid_type")
     cleaned = dict(record)

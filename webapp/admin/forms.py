@@ -29,18 +29,22 @@ class MultiValueField(Field):
         self.data = list(valuelist)
 
 
-def show_error(holders: Mapping[str, Form], form: Form, exc: ValidationError) -> None:
-    """Put ``exc.message`` beside the input it concerns: the ``key`` input for a bad key, the ``value`` input otherwise.
+def attach_error(form: Form, exc: ValidationError, holders: Mapping[str, Form] | None = None) -> None:
+    """Show ``exc.message`` beside the input it concerns; the one way a form takes a validation error.
 
-    ``holders`` maps a metadata key to the (sub)form holding its ``key`` and ``value``
-    inputs; an error naming the whole map (``metadata``) or no held key goes on ``form``.
+    A metadata pair at fault (``exc.key``) goes on its holder's ``key`` or ``value`` input
+    (``exc.part``), where ``holders`` maps each metadata key to the (sub)form holding that
+    pair; an error naming one of the form's fields (``exc.param``) goes on that field;
+    anything else (the whole map, say) above the form.
     """
-    key = exc.param[len("metadata.") :] if exc.param and exc.param.startswith("metadata.") else None
-    holder = holders.get(key) if key is not None else None
-    if holder is None:
+    holder = (holders or {}).get(exc.key) if exc.key is not None else None
+    if holder is not None:
+        field = holder[exc.part or "value"]
+    elif exc.param is not None and exc.param in form._fields:
+        field = form[exc.param]
+    else:
         form.form_errors.append(exc.message)
         return
-    field = holder["key" if exc.code == "property_name_above_max_length" else "value"]
     field.errors = [*field.errors, exc.message]
 
 
@@ -115,14 +119,14 @@ class MetadataForm(FlaskForm):
                 continue
             if key in holders:
                 # A JSON object cannot say this; two rows can, and one would silently win.
-                row.key.errors = [f"The key '{key}' is already used in another row: each key can appear once."]
+                attach_error(row, ValidationError(f"The key '{key}' is already used in another row: each key can appear once.", "key"))
                 return False
             metadata[key] = value
             holders[key] = row
         try:
             self.metadata = validation.clean_metadata(metadata)
         except ValidationError as exc:
-            show_error(holders, self, exc)
+            attach_error(self, exc, holders)
             return False
         return True
 
@@ -155,14 +159,10 @@ class BulkForm(FlaskForm):
                 (key, value), = validation.clean_metadata({key: self.value.data or ""}).items()
                 self.change = (key, value)
         except ValidationError as exc:
-            if exc.param == "metadata":
-                # The key itself (empty) is what is wrong.
-                self.key.errors = [*self.key.errors, exc.message]
-            else:
-                show_error({key: self}, self, exc)
+            attach_error(self, exc, {key: self})
             return False
         if self.scope.data == "selected" and not self.ids.data:
-            self.scope.errors = [*self.scope.errors, "Tick at least one completion, or apply to every completion matching the filter."]
+            attach_error(self, ValidationError("Tick at least one completion, or apply to every completion matching the filter.", "scope"))
             return False
         return True
 
@@ -187,7 +187,7 @@ class ApiKeyForm(FlaskForm):
         try:
             self.name.data = validation.clean_api_key_name(self.name.data)
         except ValidationError as exc:
-            self.name.errors = [*self.name.errors, exc.message]
+            attach_error(self, exc)
             return False
         return True
 

@@ -1,5 +1,5 @@
 """``/overview``: totals and charts of completions and tokens, per hour, day or week and model,
-for the same filter as the list. Reads ``store_overview``; draws with ``charts``."""
+for the same filter as the list. Reads ``store.usage_series``; draws with ``charts``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 from flask import render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from .. import store, store_overview
+from .. import store
 from ..charts import Column, Series, format_count, nice_ceiling, stacked_bars
 from ..extensions import db
-from ..store_overview import DAY, HOUR, Usage, UsageSeries, ceil_to, floor_to
+from ..store.overview import DAY, HOUR, Usage, UsageSeries, ceil_to, floor_to
 from ..validation import MAX_METADATA_PAIRS, ValidationError
 from . import bp
 from .views import Filters, read_filters
@@ -205,20 +205,14 @@ def build_chart(*, chart_id: str, title: str, kinds: list[Series], buckets: list
 def read_overview(filters: Filters, dates: DateRange) -> tuple[UsageSeries, Usage | None]:
     """Return the usage series of the filter (per week past MAX_DAYS days) and, when the filter
     names both ends of its range, the totals of the range of the same length just before it."""
-    counted = store_overview.usage_series(
-        db.session, model=filters.model, metadata=filters.metadata, created_after=dates.after, created_before=dates.before
-    )
+    counted = store.usage_series(db.session, filter=filters.filter, created_after=dates.after, created_before=dates.before)
     if counted.start is not None and counted.end is not None and counted.span == DAY and (counted.end - counted.start) // DAY > MAX_DAYS:
         counted = by_week(counted)
     previous = None
     if dates.after is not None and dates.before is not None and dates.before > dates.after:
         length = dates.before - dates.after
-        previous = store_overview.usage_series(
-            db.session,
-            model=filters.model,
-            metadata=filters.metadata,
-            created_after=dates.after - length,
-            created_before=dates.after,
+        previous = store.usage_series(
+            db.session, filter=filters.filter, created_after=dates.after - length, created_before=dates.after
         ).total
     return counted, previous
 

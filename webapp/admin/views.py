@@ -17,18 +17,17 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import store, validation
-from ..api.auth import forget_api_keys
-from ..cli import export_lines
 from ..extensions import db, write_transaction
+from ..formats import FORMATS, export_lines
+from ..keycache import forget_api_keys
 from ..models import Completion, utcnow
-from ..validation import MAX_METADATA_PAIRS, ListQuery, ValidationError
+from ..validation import MAX_METADATA_PAIRS, Filter, PageQuery, ValidationError
 from . import bp
 from .auth import LOCK_FOR, MAX_FAILED_SIGN_INS, actor, current_user, safe_next, sign_in, sign_out
 from .display import shorten
-from .forms import ApiKeyForm, BulkForm, LoginForm, MetadataForm, RestoreForm, RevokeKeyForm
+from .forms import ApiKeyForm, BulkForm, LoginForm, MetadataForm, RestoreForm, RevokeKeyForm, attach_error
 
 PAGE_SIZE = 50
-EXPORT_FORMATS = ("store", "chat")
 # How many ids, and how many reasons, a flashed message names before "and N more" (flashes live in the cookie).
 FLASH_IDS = 5
 FLASH_REASONS = 3
@@ -89,7 +88,7 @@ class Filters:
 
     model: str | None = None
     texts: list[str] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
+    filter: Filter = field(default_factory=Filter)
     # An error beside one KEY=VALUE input (by position), or about the filter as a whole.
     errors: dict[int, str] = field(default_factory=dict)
     error: str | None = None
@@ -107,24 +106,20 @@ def read_filters(values: MultiDict[str, str]) -> Filters:
     """Return the filter in a query or form: ``model`` and repeated ``metadata=KEY=VALUE`` (blank ones ignored)."""
     model = values.get("model") or None
     texts = [text for text in values.getlist("metadata") if text.strip()]
-    if model is not None:
-        try:
-            validation.reject_nul(model, "model")
-        except ValidationError as exc:
-            return Filters(model=None, texts=texts, error=exc.message)
+    pairs: list[tuple[str, str]] = []
     errors: dict[int, str] = {}
     for index, text in enumerate(texts):
         try:
-            validation.parse_metadata_filter(text)
+            pairs.append(validation.parse_metadata_filter(text))
         except ValidationError as exc:
             errors[index] = exc.message
     if errors:
         return Filters(model=model, texts=texts, errors=errors)
     try:
-        metadata = validation.clean_metadata_filters(texts)
+        cleaned = validation.clean_filters(model=model, metadata=pairs)
     except ValidationError as exc:
-        return Filters(model=model, texts=texts, error=exc.message)
-    return Filters(model=model, texts=texts, metadata=metadata)
+        return Filters(model=model if exc.param != "model" else None, texts=texts, error=exc.message)
+    return Filters(model=model, texts=texts, filter=cleaned)
 
 
 @dataclass(frozen=True)
@@ -142,19 +137,13 @@ def read_page(filters: Filters, *, after: str | None, before: str | None) -> Lis
     ``after`` pages towards older completions, ``before`` towards newer ones. Raises
     ValidationError when a cursor names a completion that never existed.
     """
-    base = {"model": filters.model, "metadata": filters.metadata, "limit": PAGE_SIZE}
     if before is not None:
-        page = store.list_completions(db.session, query=ListQuery(**base, after=before, order="asc"))
+        page = store.list_completions(db.session, filter=filters.filter, page=PageQuery(after=before, limit=PAGE_SIZE, order="asc"))
         rows = page.rows[::-1]
         return ListPage(rows, older=rows[-1].id if rows else None, newer=rows[0].id if rows and page.has_more else None)
-    page = store.list_completions(db.session, query=ListQuery(**base, after=after, order="desc"))
+    page = store.list_completions(db.session, filter=filters.filter, page=PageQuery(after=after, limit=PAGE_SIZE, order="desc"))
     rows = page.rows
     return ListPage(rows, older=rows[-1].id if page.has_more else None, newer=rows[0].id if rows and after else None)
-
-
-def clean_cursor(cursor: str | None) -> str | None:
-    """Return a page cursor (a completion id) by the API's rules for ``after``; raise ValidationError otherwise."""
-    return validation.clean_page_query([("after", cursor)]).after if cursor is not None else None
 
 
 def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, status: int = 200) -> Any:
@@ -164,7 +153,7 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
     page = ListPage([], None, None)
     if filters.valid:
         try:
-            page = read_page(filters, after=clean_cursor(after), before=clean_cursor(before))
+            page = read_page(filters, after=validation.clean_cursor(after), before=validation.clean_cursor(before))
         except ValidationError:
             flash("That page of the list no longer exists: here are the newest completions.", "info")
             return redirect(url_for("admin.completion_list", **filters.args()))
@@ -207,7 +196,7 @@ def bulk_update() -> Any:
         if form.scope.data == "all":
             ids: Any = (
                 row.id
-                for row in store.iter_completions(tx, model=filters.model, metadata=filters.metadata, order="desc")
+                for row in store.iter_completions(tx, filter=filters.filter, order="desc")
             )
         else:
             ids = list(dict.fromkeys(form.ids.data))
@@ -325,7 +314,7 @@ def restore_metadata(change_id: int) -> BaseResponse:
 def delete_completion(completion_id: str) -> Any:
     """Ask for confirmation on a page of its own; POST deletes and returns to the list."""
     if request.method == "GET":
-        return render_template("admin/completion_delete.html", row=store.get_completion(db.session, completion_id=completion_id))
+        return render_template("admin/delete_completion.html", row=store.get_completion(db.session, completion_id=completion_id))
     with write_transaction() as tx:
         store.delete_completion(tx, completion_id=completion_id)
     flash(f"Deleted completion {completion_id}.", "success")
@@ -340,10 +329,10 @@ def export() -> Any:
     """Download the completions the filter matches as JSONL (``store`` or ``chat``), streamed a page at a time."""
     filters = read_filters(request.args)
     fmt = request.args.get("format", "store")
-    if not filters.valid or fmt not in EXPORT_FORMATS:
+    if not filters.valid or fmt not in FORMATS:
         flash("Fix the filter before exporting." if not filters.valid else f"Unknown export format '{fmt}'.", "error")
         return redirect(url_for("admin.completion_list", **filters.args()))
-    lines = export_lines(db.session, model=filters.model, metadata=filters.metadata, fmt=fmt)
+    lines = export_lines(db.session, filter=filters.filter, fmt=fmt)  # type: ignore[arg-type]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     response = Response(stream_with_context(lines), mimetype="application/jsonl")
     response.headers["Content-Disposition"] = f'attachment; filename="completions-{fmt}-{stamp}.jsonl"'
@@ -366,7 +355,7 @@ def api_keys() -> Any:
             with write_transaction() as tx:
                 _key, secret = store.create_api_key(tx, name=name, read_only=read_only)
         except store.NameTaken as exc:
-            form.name.errors = [*form.name.errors, str(exc)]
+            attach_error(form, ValidationError(str(exc), "name"))
             status = 400
         else:
             created = {"name": name, "secret": secret, "read_only": read_only}

@@ -1,79 +1,16 @@
-"""Bearer-key authentication for every ``/v1`` route.
-
-A key that authenticated is remembered in the process for ``API_KEY_CACHE_SECONDS``
-(default 2): looking it up is the largest part of a proxied create's added latency. A key
-revoked elsewhere therefore stops working within that time on every server; in the
-process that revokes it (the admin UI, the CLI) at once.
-"""
+"""Bearer-key authentication for every ``/v1`` route (keys remembered briefly: see ``webapp.keycache``)."""
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, replace
-from datetime import datetime
-
-from flask import Flask, current_app, g, request
+from flask import current_app, g, request
 
 from .. import store
 from ..errors import APIError
 from ..extensions import db, write_transaction
+from ..keycache import key_cache
 from . import bp
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-CACHE_EXTENSION = "completion_store.api_keys"
-
-
-@dataclass(frozen=True)
-class KnownKey:
-    """What a request needs of a live key."""
-
-    id: int
-    name: str
-    read_only: bool
-    last_used_at: datetime | None
-    expires: float
-
-
-class KeyCache:
-    """Live keys by the hash of their secret, each for a few seconds. Thread-safe."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._keys: dict[str, KnownKey] = {}
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> KnownKey | None:
-        key = self._keys.get(digest)
-        return key if key is not None and key.expires > time.monotonic() else None
-
-    def put(self, digest: str, key: store.ApiKey) -> KnownKey:
-        known = KnownKey(key.id, key.name, key.read_only, key.last_used_at, time.monotonic() + self.seconds)
-        if self.seconds > 0:
-            with self._lock:
-                self._keys[digest] = known
-        return known
-
-    def touched(self, digest: str, known: KnownKey) -> None:
-        with self._lock:
-            if digest in self._keys:
-                self._keys[digest] = replace(known, last_used_at=store.utcnow())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._keys.clear()
-
-
-def _cache(app: Flask) -> KeyCache:
-    cache = app.extensions.get(CACHE_EXTENSION)
-    if cache is None:
-        cache = app.extensions.setdefault(CACHE_EXTENSION, KeyCache(app.config["API_KEY_CACHE_SECONDS"]))
-    return cache
-
-
-def forget_api_keys(app: Flask | None = None) -> None:
-    """Drop every remembered key, so that a revocation in this process applies at once."""
-    _cache(app or current_app._get_current_object()).clear()  # type: ignore[attr-defined]
 
 
 def _bearer_secret() -> str:
@@ -92,7 +29,7 @@ def _bearer_secret() -> str:
 def require_api_key() -> None:
     """Let the request through only with a live key; a read-only key only for reads."""
     secret = _bearer_secret()
-    cache = _cache(current_app)
+    cache = key_cache(current_app)
     digest = store.hash_secret(secret)
     key = cache.get(digest)
     if key is None:

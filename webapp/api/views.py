@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Response, jsonify, request
 
 from .. import store, validation
 from ..extensions import db, write_transaction
+from ..models import Completion
 from . import bp
 from .auth import actor
 
 
 def json_body() -> Any:
     """Return the parsed JSON body; raise ValidationError if it is not JSON."""
-    try:
-        return json.loads(request.get_data(cache=False) or b"")
-    except (ValueError, RecursionError):
-        raise validation.ValidationError(
-            "We could not parse the JSON body of your request. The body must be a JSON object."
-        ) from None
+    return validation.parse_json(request.get_data(cache=False))
 
 
 def list_body(page: store.Page, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -34,7 +29,7 @@ def list_body(page: store.Page, items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def completion_response(row: store.Completion) -> Response:
+def completion_response(row: Completion) -> Response:
     """Return the completion object with its ETag."""
     response = jsonify(store.completion_object(row))
     response.headers["ETag"] = store.etag(row)
@@ -45,14 +40,14 @@ def _if_match() -> set[str] | None:
     """Return the ETags ``If-Match`` accepts, or None when any version will do."""
     if "If-Match" not in request.headers or request.if_match.star_tag:
         return None
-    return {f'"{tag}"' for tag in request.if_match.as_set()}
+    return {store.version_etag(tag) for tag in request.if_match.as_set()}
 
 
 @bp.get("/chat/completions")
 def list_completions() -> Response:
     """List stored completions: filters, cursor paging, one query per page."""
     query = validation.clean_list_query(request.args.items(multi=True))
-    page = store.list_completions(db.session, query=query)
+    page = store.list_completions(db.session, filter=query.filter, page=query.page)
     return jsonify(list_body(page, [store.completion_object(row) for row in page.rows]))
 
 

@@ -9,15 +9,16 @@ here commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal_column, select, union_all
+from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from . import store
-from .models import Completion, CompletionRollup
+from ..models import Completion, CompletionRollup
+from ..validation import Filter
+from .completions import _filtered
 
 HOUR = 3600
 DAY = 86400
@@ -107,7 +108,7 @@ def _tokens(session: Session, name: str) -> ColumnElement[int]:
     )
 
 
-def _count_rows(session: Session, *, span: int, where: Iterable[Any], model: str | None, metadata: Mapping[str, str]) -> Any:
+def _count_rows(session: Session, *, span: int, where: Iterable[Any], filter: Filter) -> Any:
     """Return the statement counting live completion rows per (bucket, model)."""
     bucket = _bucket(Completion.created, span).label("bucket")
     stmt = select(
@@ -117,8 +118,7 @@ def _count_rows(session: Session, *, span: int, where: Iterable[Any], model: str
         func.sum(_tokens(session, "prompt_tokens")).label("prompt_tokens"),
         func.sum(_tokens(session, "completion_tokens")).label("completion_tokens"),
     ).where(*where)
-    stmt = store._filtered(session, stmt, model=model, metadata=metadata)
-    return stmt.group_by(bucket, Completion.model)
+    return _filtered(session, stmt, filter=filter).group_by(bucket, Completion.model)
 
 
 def _count_rollup(*, source: int, span: int, start: int, end: int, model: str | None) -> Any:
@@ -136,17 +136,28 @@ def _count_rollup(*, source: int, span: int, start: int, end: int, model: str | 
     return stmt.group_by(bucket, CompletionRollup.model)
 
 
-def _extent(session: Session, *, model: str | None, metadata: Mapping[str, str], after: int | None, before: int | None) -> tuple[int, int] | None:
+# The parts of a filter the rollup knows; any other (metadata, or one added later) is counted on the rows.
+ROLLUP_PARTS = frozenset({"model", "created_after", "created_before"})
+
+
+def rollup_serves(filter: Filter) -> bool:
+    """Return whether the rollup can count ``filter``: it names nothing but a model and times."""
+    default = Filter()
+    return all(getattr(filter, part.name) == getattr(default, part.name) for part in fields(filter) if part.name not in ROLLUP_PARTS)
+
+
+def _extent(session: Session, *, filter: Filter, after: int | None, before: int | None) -> tuple[int, int] | None:
     """Return the first and last ``created`` (the last rounded up to its hour on the rollup) of the matches, or None."""
-    if metadata:
+    model = filter.model
+    if not rollup_serves(filter):
         where = [Completion.created >= after] if after is not None else []
         if before is not None:
             where.append(Completion.created < before)
-        stmt = store._filtered(session, select(func.min(Completion.created), func.max(Completion.created)).where(*where), model=model, metadata=metadata)
+        stmt = _filtered(session, select(func.min(Completion.created), func.max(Completion.created)).where(*where), filter=filter)
         first, last = session.execute(stmt).one()
         return None if first is None else (first, last + 1)
     # Whole hours on the rollup: the hour holding ``after`` may hold matches after it.
-    conditions = [CompletionRollup.span == HOUR]
+    conditions: list[Any] = [CompletionRollup.span == HOUR]
     if model is not None:
         conditions.append(CompletionRollup.model == model)
     if after is not None:
@@ -159,21 +170,18 @@ def _extent(session: Session, *, model: str | None, metadata: Mapping[str, str],
 
 
 def usage_series(
-    session: Session,
-    *,
-    model: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-    created_after: int | None = None,
-    created_before: int | None = None,
+    session: Session, *, filter: Filter, created_after: int | None = None, created_before: int | None = None
 ) -> UsageSeries:
-    """Return the usage of the live completions matching the filter, per hour or per day and model.
+    """Return the usage of the live completions matching ``filter``, per hour or per day and model.
 
     ``created_after`` is inclusive, ``created_before`` exclusive (unix seconds), as in the
     list. The range is the filter's, its open ends closed by the first and last match; a
     range of two days or less is counted per hour, a longer one per day (UTC).
     """
-    metadata = dict(metadata or {})
-    extent = _extent(session, model=model, metadata=metadata, after=created_after, before=created_before)
+    # A filter that carries its own time range (its created_after/created_before) counts within it.
+    created_after = created_after if created_after is not None else getattr(filter, "created_after", None)
+    created_before = created_before if created_before is not None else getattr(filter, "created_before", None)
+    extent = _extent(session, filter=filter, after=created_after, before=created_before)
     # An end the filter leaves open is the first or last match's day, so one day of data reads as 24 hours.
     low = created_after if created_after is not None else (floor_to(extent[0], DAY) if extent else None)
     high = created_before if created_before is not None else (ceil_to(extent[1], DAY) if extent else None)
@@ -186,11 +194,11 @@ def usage_series(
         return series
     # Count only where there are matches, on whole buckets where the filter allows it.
     low, high = max(low, floor_to(extent[0], span)), min(high, ceil_to(extent[1], span))
-    if metadata:
-        where = [Completion.created >= low, Completion.created < high]
-        statements = [_count_rows(session, span=span, where=where, model=model, metadata=metadata)]
+    if rollup_serves(filter):
+        statements = _rollup_statements(session, span=span, low=low, high=high, filter=filter)
     else:
-        statements = _rollup_statements(session, span=span, low=low, high=high, model=model)
+        where = [Completion.created >= low, Completion.created < high]
+        statements = [_count_rows(session, span=span, where=where, filter=filter)]
     for stmt in statements:
         for bucket, row_model, completions, prompt_tokens, completion_tokens in session.execute(stmt):
             key = (int(bucket), row_model)
@@ -199,17 +207,17 @@ def usage_series(
     return series
 
 
-def _rollup_statements(session: Session, *, span: int, low: int, high: int, model: str | None) -> list[Any]:
+def _rollup_statements(session: Session, *, span: int, low: int, high: int, filter: Filter) -> list[Any]:
     """Return the statements that count [low, high): the rollup's whole buckets, the rows of partial hours at the ends."""
     source = DAY if span == DAY and low % DAY == 0 and high % DAY == 0 else HOUR
     inner_low, inner_high = ceil_to(low, source), floor_to(high, source)
     if inner_low >= inner_high:
-        return [_count_rows(session, span=span, where=[Completion.created >= low, Completion.created < high], model=model, metadata={})]
-    statements = [_count_rollup(source=source, span=span, start=inner_low, end=inner_high, model=model)]
+        return [_count_rows(session, span=span, where=[Completion.created >= low, Completion.created < high], filter=filter)]
+    statements = [_count_rollup(source=source, span=span, start=inner_low, end=inner_high, model=filter.model)]
     for edge_low, edge_high in ((low, inner_low), (inner_high, high)):
         if edge_low < edge_high:
             where = [Completion.created >= edge_low, Completion.created < edge_high]
-            statements.append(_count_rows(session, span=span, where=where, model=model, metadata={}))
+            statements.append(_count_rows(session, span=span, where=where, filter=filter))
     return statements
 
 
@@ -234,7 +242,7 @@ def read_rollup(session: Session) -> dict[tuple[int, int, str], Usage]:
 def recount_rollup(session: Session) -> dict[tuple[int, int, str], Usage]:
     """Return what the rollup should hold, counted from the completion rows themselves (slow: reads every row)."""
     counted: dict[tuple[int, int, str], Usage] = {}
-    statements = [_count_rows(session, span=span, where=[], model=None, metadata={}) for span in (HOUR, DAY)]
+    statements = [_count_rows(session, span=span, where=[], filter=Filter()) for span in (HOUR, DAY)]
     for span, stmt in zip((HOUR, DAY), statements):
         for bucket, model, completions, prompt_tokens, completion_tokens in session.execute(stmt):
             counted[(span, int(bucket), model)] = Usage(int(completions), int(prompt_tokens or 0), int(completion_tokens or 0))

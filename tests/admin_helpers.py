@@ -1,7 +1,7 @@
-"""Fixtures and helpers for the admin UI tests: a user, a signed-in client that posts forms
-with the CSRF token its pages carry, and small readers of what a page shows.
+"""Helpers for the admin UI tests: a user, a signed-in browser that posts forms with the
+CSRF token its pages carry, and small readers of what a page shows.
 
-conftest.py makes its fixtures (``user``, ``admin``) available to every test module.
+The ``user`` and ``admin`` fixtures that use them are in ``tests/fixtures/admin.py``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -89,21 +87,6 @@ class Admin:
         if csrf:
             form["csrf_token"] = self.token
         return self.client.post(url, data=form, **kwargs)
-
-
-@pytest.fixture
-def user(app: Flask) -> str:
-    """An admin user (``ann``) in the emptied database; returns the username."""
-    make_user()
-    return USERNAME
-
-
-@pytest.fixture
-def admin(client: FlaskClient, user: str) -> Admin:
-    """The test client, signed in as ``ann`` through the sign-in form."""
-    response = sign_in(client)
-    assert response.status_code == 303, response.get_data(as_text=True)
-    return Admin(client=client, token=csrf_token(client.get("/keys").get_data(as_text=True)))
 
 
 def metadata_form(pairs: Mapping[str, str] | list[tuple[str, str]], *, version: int | str, **extra: str) -> dict[str, str]:

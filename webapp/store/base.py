@@ -1,0 +1,42 @@
+"""What the store's modules share: the page shape, the name-taken error, and small helpers."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: the rows and whether more follow."""
+
+    rows: list[Any]
+    has_more: bool
+
+
+class NameTaken(Exception):
+    """An API key or user with this name exists already."""
+
+
+def storable(name: str) -> bool:
+    """Return whether a stored name (an id, a username) could hold ``name``.
+
+    PostgreSQL text refuses NUL, so a name with one is simply not there: looking it up
+    answers "not found" on every backend instead of a database error on one.
+    """
+    return "\x00" not in name
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` timezone-aware: SQLite hands back naive datetimes that were stored as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def hash_secret(secret: str) -> str:
+    """Return the SHA-256 hex digest under which a secret (an API key, a session token) is stored.
+
+    Both are 256 random bits, so a fast hash is enough: nothing to brute-force.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
