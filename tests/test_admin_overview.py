@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 import re
+import time
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -142,6 +144,17 @@ def test_every_bar_links_to_the_list_of_its_day_and_model(admin: Admin, usage: N
     assert hourly["1 Jan 2026 10:00 UTC, gpt-a: 1"]["created_after"] == [str(T0 + 10 * H)]
     assert hourly["1 Jan 2026 10:00 UTC, gpt-a: 1"]["created_before"] == [str(T0 + 11 * H)]
     assert admin.get("/" + "?" + urlsplit(html.unescape(re.search(r'<a href="(/\?[^"]+)" aria-label', page).group(1))).query).status_code == 200
+
+
+def test_quick_ranges_end_now(admin: Admin) -> None:
+    page = admin.page("/overview")
+    quick = dict((html.unescape(label), parse_qs(urlsplit(html.unescape(href)).query)) for href, label in re.findall(r'<a class="button button-small" href="([^"]+)">([^<]+)</a>', page))
+    last_day = quick["Last 24 hours"]
+    assert int(last_day["created_before"][0]) - int(last_day["created_after"][0]) == 24 * H
+    assert int(last_day["created_before"][0]) % H == 0 and int(last_day["created_before"][0]) > time.time()
+    week = quick["Last 7 days"]
+    assert date.fromisoformat(week["created_before"][0]) - date.fromisoformat(week["created_after"][0]) == timedelta(days=7)
+    assert date.fromisoformat(week["created_before"][0]) == datetime.now(timezone.utc).date() + timedelta(days=1)
 
 
 def test_a_single_day_reads_as_24_hours(admin: Admin) -> None:

@@ -329,6 +329,10 @@ def test_the_overview_fits_and_its_bars_lead_to_the_list(chromium: Any, server: 
         tab.assert_fits()
         name = "admin-overview.png" if viewport["width"] > 600 else "admin-overview-phone.png"
         tab.page.screenshot(path=str(screenshot_folder(tmp_path) / name), full_page=True)
+        if viewport["width"] > 600:
+            tab.page.emulate_media(color_scheme="dark")
+            tab.page.screenshot(path=str(screenshot_folder(tmp_path) / "admin-overview-dark.png"))
+            tab.page.emulate_media(color_scheme="light")
         tab.page.get_by_text("The numbers behind “Completions per day, by model”").click()
         expect(tab.page.locator("#chart-completions-numbers")).to_be_visible()
         tab.page.locator('#chart-completions a[aria-label="Wed 18 Nov 2026, o1-preview: 1"]').click()

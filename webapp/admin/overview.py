@@ -202,6 +202,18 @@ def build_chart(*, chart_id: str, title: str, kinds: list[Series], buckets: list
     )
 
 
+def build_charts(counted: UsageSeries, models: list[str], links: ListLinks, unit: str) -> list[Chart]:
+    """Return the two charts, completions and tokens per bucket, a colour for each of ``models`` and one for the rest."""
+    buckets, others = read_buckets(counted, models, links)
+    kinds = [Series(model, f"series-{index}") for index, model in enumerate(models)]
+    if others:
+        kinds.append(Series(OTHER_MODELS, "series-other"))
+    return [
+        build_chart(chart_id="chart-completions", title=f"Completions per {unit}, by model", kinds=kinds, buckets=buckets, measure=lambda u: u.completions),
+        build_chart(chart_id="chart-tokens", title=f"Tokens per {unit} (prompt and completion), by model", kinds=kinds, buckets=buckets, measure=lambda u: u.tokens),
+    ]
+
+
 def read_overview(filters: Filters, dates: DateRange) -> tuple[UsageSeries, Usage | None]:
     """Return the usage series of the filter (per week past MAX_DAYS days) and, when the filter
     names both ends of its range, the totals of the range of the same length just before it."""
@@ -223,7 +235,10 @@ def quick_ranges(now: int) -> list[tuple[str, dict[str, str]]]:
     for label, count, span in QUICK_RANGES:
         end = ceil_to(now + 1, span)
         start = end - count * span
-        ranges.append((label, bucket_bounds(start, span) if span == HOUR else {"created_after": day_text(start), "created_before": day_text(end)}))
+        if span == HOUR:
+            ranges.append((label, {"created_after": str(start), "created_before": str(end)}))
+        else:
+            ranges.append((label, {"created_after": day_text(start), "created_before": day_text(end)}))
     return ranges
 
 
@@ -248,16 +263,9 @@ def overview() -> Any:
 
     counted, previous = read_overview(filters, dates) if valid else (UsageSeries(span=DAY, start=None, end=None), None)
     by_model = counted.by_model()
-    models = list(by_model)[:MAX_SERIES]
     unit = {HOUR: "hour", DAY: "day", WEEK: "week"}[counted.span]
-    buckets, others = read_buckets(counted, models, ListLinks(args, models))
-    kinds = [Series(model, f"series-{index}") for index, model in enumerate(models)]
-    if others:
-        kinds.append(Series(OTHER_MODELS, "series-other"))
-    charts = [
-        build_chart(chart_id="chart-completions", title=f"Completions per {unit}, by model", kinds=kinds, buckets=buckets, measure=lambda u: u.completions),
-        build_chart(chart_id="chart-tokens", title=f"Tokens per {unit} (prompt and completion), by model", kinds=kinds, buckets=buckets, measure=lambda u: u.tokens),
-    ]
+    models = list(by_model)[:MAX_SERIES]
+    charts = build_charts(counted, models, ListLinks(args, models), unit) if counted.cells else []
     total = counted.total
     return (
         render_template(
@@ -270,9 +278,8 @@ def overview() -> Any:
             previous=previous,
             change=change,
             by_model=by_model,
-            charts=charts if total.completions else [],
+            charts=charts,
             unit=unit,
-            span=counted,
             first=bucket_label(counted.start, counted.span) if counted.start is not None else None,
             last=bucket_label(counted.end - counted.span, counted.span) if counted.end is not None and counted.end > (counted.start or 0) else None,
             quick=quick_ranges(int(datetime.now(timezone.utc).timestamp())),
