@@ -14,8 +14,16 @@ threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "660"))
 graceful_timeout = 30
 keepalive = 5
-# Long list URLs with many metadata[...] filters exceed the 4094-byte default request line.
-limit_request_line = 8190
+# No request-line limit here: gunicorn's largest (8,190 bytes) refuses valid lists of many long
+# metadata[...] filters with an HTML page. The app has its own limit, sized to the longest valid
+# request (webapp.validation.MAX_REQUEST_LINE, about 130 KB), and answers past it with 414 in the
+# API's error envelope.
+limit_request_line = 0
+# gunicorn's control socket (for gunicornc) sits at one path per user by default, so two
+# instances on one host would fight over it: off, unless GUNICORN_CONTROL_SOCKET names a path
+# of this instance's own.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or "gunicorn.ctl"
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
 # Access logs carry no Authorization header: gunicorn's default format does not log it.
 accesslog = "-"
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
+
 from webapp import validation
 
 
@@ -58,6 +60,12 @@ BAD_LIST_QUERIES = [
     BadQuery("limit-negative", [("limit", "-3")], "limit", "integer_below_min_value"),
     BadQuery("limit-101", [("limit", "101")], "limit", "integer_above_max_value"),
     BadQuery("limit-not-a-number", [("limit", "ten")], "limit", "invalid_type"),
+    # Python's int() takes these; a limit is ASCII digits only.
+    BadQuery("limit-underscore", [("limit", "1_0")], "limit", "invalid_type"),
+    BadQuery("limit-arabic-indic-digits", [("limit", "١٠")], "limit", "invalid_type"),
+    BadQuery("limit-fullwidth-digits", [("limit", "１０")], "limit", "invalid_type"),
+    BadQuery("limit-spaces", [("limit", " 10 ")], "limit", "invalid_type"),
+    BadQuery("limit-plus", [("limit", "+10")], "limit", "invalid_type"),
     BadQuery("order-sideways", [("order", "sideways")], "order", "invalid_value"),
     BadQuery("too-many-filters", [(f"metadata[k{i}]", "v") for i in range(17)], "metadata", "object_above_max_properties"),
     BadQuery("filter-key-too-long", [(f"metadata[{LONG_KEY}]", "v")], f"metadata.{LONG_KEY}", "property_name_above_max_length"),
@@ -67,6 +75,22 @@ BAD_LIST_QUERIES = [
     BadQuery("filter-key-twice", [("metadata[team]", "red"), ("metadata[team]", "blue")], "metadata.team", "invalid_value"),
     BadQuery("filter-value-too-long", [("metadata[topic]", "x" * 513)], "metadata.topic", "string_above_max_length"),
 ]
+
+
+# Ids a completion may not be stored under (DESIGN.md "Ids"), and ones at the limits that it may.
+BAD_IDS = [
+    pytest.param("", id="empty"),
+    pytest.param("x" * 256, id="256-characters"),
+    pytest.param("imp/messages", id="slash"),
+    pytest.param("has space", id="space"),
+    pytest.param("tab\there", id="tab"),
+    pytest.param("new\nline", id="newline"),
+    pytest.param("no\u00a0break", id="no-break-space"),
+    pytest.param("nul\x00", id="nul"),
+    pytest.param("bell\x07", id="control"),
+    pytest.param("c1\x85", id="c1-control"),
+]
+GOOD_IDS = ["x", "x" * 255, "chatcmpl-AbC123_x.y:z", "ünïcødé-✓-完成", "100%25-percent", "it's-\"quoted\";--"]
 
 
 @dataclass(frozen=True)

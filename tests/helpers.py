@@ -7,11 +7,14 @@ and classes the tests and fixtures import by name.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,45 @@ def require(flag: str, reason: str) -> None:
     if os.environ.get(flag) == "1":
         pytest.fail(f"{reason} ({flag}=1 makes this a failure)")
     pytest.skip(reason)
+
+
+@contextmanager
+def scratch_database(backend: str, directory: Path) -> Iterator[str]:
+    """Yield the URL of a new, empty database of ``backend`` (``sqlite``: a file in
+    ``directory``; ``postgresql``: on the ``TEST_DATABASE_URL`` server), dropped afterwards.
+
+    Skips without ``TEST_DATABASE_URL`` (fails with ``REQUIRE_POSTGRES=1``).
+    """
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / f'scratch-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    admin_url = os.environ.get("TEST_DATABASE_URL") or None
+    if admin_url is None:
+        require("REQUIRE_POSTGRES", "TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    from webapp.config import normalize_database_url
+
+    maintenance = sa.create_engine(normalize_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"cs_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with maintenance.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.engine.make_url(normalize_database_url(admin_url)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with maintenance.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        maintenance.dispose()
+
+
+def migrate_database(url: str, revision: str = "head") -> None:
+    """Run the Alembic migrations on ``url`` up to ``revision``."""
+    from flask_migrate import upgrade
+
+    from webapp import create_app
+
+    app = create_app({"DATABASE_URL": url, "SECRET_KEY": TEST_SECRET_KEY, "TESTING": True})
+    with app.app_context():
+        upgrade(revision=revision)
+        db.engine.dispose()
 
 
 def empty_database() -> None:

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.models import Completion
-from webapp.upstream import split_events
+from webapp.errors import APIError
+from webapp.upstream import Upstream, split_events
 
 from .helpers import LiveServer, make_key, start_gunicorn, stop_server
 from .openapi import check_response
@@ -359,9 +360,97 @@ def test_a_bad_create_never_reaches_the_upstream(
 
 def test_a_read_only_key_cannot_create(store_server: LiveServer, upstream: UpstreamDouble) -> None:
     reader = sdk_client(store_server.v1, make_key(name="reader", read_only=True))
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.PermissionDeniedError) as caught:
         create(reader, store=True)
+    assert caught.value.body["code"] == "insufficient_permissions"
+    assert caught.value.message.endswith(
+        "The API key 'reader' is read-only. Creating a chat completion forwards it to the upstream model server, "
+        "which is paid for, so it needs a key with write access."
+    )
     assert upstream.received == []
+
+
+# --- The upstream refuses the store's own key; the key never reaches a client -------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_upstream_refusing_the_stores_key_is_a_502_that_says_so(
+    sdk: openai.OpenAI, upstream: UpstreamDouble, status: int, stream: bool
+) -> None:
+    upstream.reset(Failure(status, {"error": {
+        "message": f"Incorrect API key provided: {UPSTREAM_KEY}.", "type": "invalid_request_error", "param": None,
+        "code": "invalid_api_key",
+    }}))
+    # A client that retries as the SDK does by default (a 502 twice more).
+    retrying = openai.OpenAI(base_url=str(sdk.base_url), api_key=sdk.api_key, max_retries=2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        create(retrying, store=True, stream=stream)
+    assert caught.value.status_code == 502
+    assert caught.value.body["type"] == "server_error" and caught.value.body["code"] is None
+    assert caught.value.body["message"].startswith("The upstream model server refused this server's own key (UPSTREAM_API_KEY)")
+    assert "Your API key for this store is fine" in caught.value.body["message"]
+    assert UPSTREAM_KEY not in caught.value.response.text
+    # Retrying cannot help, so the SDK is told not to (it would retry a 502 twice on its own).
+    assert len(upstream.received) == 1
+    assert stored_ids() == []
+
+
+ESCAPED_KEY = "".join(f"\\u{ord(c):04x}" for c in UPSTREAM_KEY)
+ECHOES = [
+    pytest.param(Failure(400, {"error": {"message": f"Bad request with headers {{'Authorization': 'Bearer {UPSTREAM_KEY}'}}",
+                                          "type": "invalid_request_error", "param": UPSTREAM_KEY, "code": None}}), id="in-the-envelope"),
+    pytest.param(Failure(500, f"Traceback: header Authorization=Bearer {UPSTREAM_KEY}".encode()), id="plain-text"),
+    pytest.param(Failure(429, b'{"error": {"message": "key ' + ESCAPED_KEY.encode() + b' is over quota"}}',
+                         headers=(("x-ratelimit-key", UPSTREAM_KEY),)), id="json-escaped"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("failure", ECHOES)
+def test_an_upstream_error_never_hands_the_stores_key_to_a_client(
+    store_server: LiveServer, api_key: str, upstream: UpstreamDouble, failure: Failure, stream: bool
+) -> None:
+    upstream.reset(failure)
+    body = {"model": MODEL, "messages": MESSAGES, "store": True, "stream": stream}
+    response = httpx.post(f"{store_server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"})
+    assert response.status_code == failure.status
+    seen = response.text + str(response.headers)
+    assert UPSTREAM_KEY not in seen and ESCAPED_KEY not in seen
+    assert "[redacted: UPSTREAM_API_KEY]" in seen
+    assert stored_ids() == []
+
+
+@pytest.mark.parametrize("event", [
+    {"error": {"message": f"upstream crashed, request had Authorization: Bearer {UPSTREAM_KEY}", "type": "server_error"}},
+    f"<html>proxy error for Bearer {UPSTREAM_KEY}</html>",
+], ids=["error-event", "not-json"])
+def test_a_mid_stream_error_event_never_hands_the_stores_key_to_a_client(
+    store_server: LiveServer, api_key: str, upstream: UpstreamDouble, event: Any
+) -> None:
+    upstream.reset(Scripted(error_after=2, error_event=event))
+    body = {"model": MODEL, "messages": MESSAGES, "store": True, "stream": True}
+    with httpx.stream("POST", f"{store_server.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"}) as response:
+        received = response.read()
+    assert b"upstream crashed" in received or b"proxy error" in received
+    assert UPSTREAM_KEY.encode() not in received and b"[redacted: UPSTREAM_API_KEY]" in received
+    assert stored_ids() == []
+
+
+def test_the_server_log_gets_what_the_upstream_said(upstream: UpstreamDouble, caplog: pytest.LogCaptureFixture) -> None:
+    """The client gets a 502 without the upstream's words; the operator finds them in the log (key masked)."""
+    upstream.reset(Failure(401, {"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}", "type": "invalid_request_error"}}))
+    client = Upstream(base_url=upstream.url, api_key=UPSTREAM_KEY, timeout=UPSTREAM_TIMEOUT)
+    try:
+        with caplog.at_level("WARNING", logger="webapp.upstream"), pytest.raises(APIError) as caught:
+            client.create({"model": MODEL, "messages": MESSAGES})
+    finally:
+        client.close()
+    assert caught.value.status == 502 and "Incorrect API key" not in caught.value.message
+    logged = caplog.text
+    assert "refused UPSTREAM_API_KEY with 401 Unauthorized" in logged
+    assert "Incorrect API key provided: [redacted: UPSTREAM_API_KEY]" in logged
+    assert UPSTREAM_KEY not in logged
 
 
 # --- Server-sent events, however they arrive --------------------------------------------------

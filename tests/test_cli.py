@@ -15,6 +15,7 @@ from webapp.validation import Filter
 from webapp.extensions import db
 from webapp.models import ApiKey, Completion, MetadataChange, User
 
+from .cases import BAD_IDS
 from .helpers import completion_body, seed
 
 
@@ -120,6 +121,16 @@ def test_a_broken_line_is_named_and_the_good_lines_land(runner, client, auth, tm
     assert "line 4: Invalid 'metadata." in result.output
     assert "3 new or changed" in result.output and "2 bad lines" in result.output
     assert [c["id"] for c in api_objects(client, auth)] == ["g0", "g1", "g2"]
+
+
+@pytest.mark.parametrize("bad_id", BAD_IDS)
+def test_a_line_whose_id_breaks_the_id_rule_is_named_and_skipped(runner, client, auth, tmp_path: Path, bad_id: str) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(completion_body(cid)) for cid in ["imp", bad_id, "imp2"]) + "\n")
+    result = runner.invoke(args=["import", str(path)])
+    assert result.exit_code == 1
+    assert "line 2: Invalid 'id'" in result.output and "1 bad lines" in result.output
+    assert [c["id"] for c in api_objects(client, auth)] == ["imp", "imp2"]
 
 
 def test_import_from_stdin(runner, client, auth) -> None:

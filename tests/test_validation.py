@@ -7,7 +7,7 @@ import pytest
 from webapp import validation
 from webapp.validation import ValidationError
 
-from .cases import BAD_LIST_QUERIES, BAD_METADATA, GOOD_METADATA, BadMetadata, BadQuery
+from .cases import BAD_IDS, BAD_LIST_QUERIES, BAD_METADATA, GOOD_IDS, GOOD_METADATA, BadMetadata, BadQuery
 
 
 @pytest.mark.parametrize("case", BAD_METADATA, ids=lambda c: c.id)
@@ -112,3 +112,21 @@ def test_the_same_filter_twice_is_fine_but_two_values_for_one_key_are_refused() 
     with pytest.raises(ValidationError) as info:
         validation.clean_filters(metadata=[("team", "red"), ("team", "blue")])
     assert info.value.param == "metadata.team"
+
+
+@pytest.mark.parametrize("completion_id", BAD_IDS)
+def test_ids_that_break_the_id_rule_are_refused(completion_id: str) -> None:
+    assert validation.completion_id_fault(completion_id) is not None
+    with pytest.raises(ValidationError) as caught:
+        validation.clean_completion_id(completion_id)
+    assert (caught.value.param, caught.value.code) == ("id", "invalid_value")
+
+
+@pytest.mark.parametrize("completion_id", GOOD_IDS)
+def test_ids_within_the_rule_are_kept(completion_id: str) -> None:
+    assert validation.clean_completion_id(completion_id) == completion_id
+
+
+@pytest.mark.parametrize("raw, limit", [("1", 1), ("100", 100), ("007", 7)])
+def test_limit_in_ascii_digits(raw: str, limit: int) -> None:
+    assert validation.clean_page_query([("limit", raw)]).limit == limit

@@ -55,6 +55,7 @@ class Scripted:
     error_after: int | None = None
     stall_after: int | None = None
     stall: float = 0.0
+    error_event: Any = field(default_factory=lambda: {"error": {"message": "The model overloaded.", "type": "server_error", "param": None, "code": None}})
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers(200, {"Content-Type": "text/event-stream; charset=utf-8", "Transfer-Encoding": "chunked"}, number)
         for count, chunk in enumerate(chunks):
             if count == script.error_after:
-                self._send(sse({"error": {"message": "The model overloaded.", "type": "server_error", "param": None, "code": None}}), received, script)
+                self._send(sse(script.error_event), received, script)
                 self._end_chunked()
                 received.outcome = "streamed"
                 return

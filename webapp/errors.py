@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, Response, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
 from .store import CompletionNotFound, PreconditionFailed
-from .validation import ValidationError
+from .validation import MAX_REQUEST_LINE, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,21 @@ HTTP_MESSAGES = {
     404: "Unknown request URL: {method} {path}. Please check the URL for typos.",
     405: "Method {method} is not allowed for {path}.",
     413: "Request body too large: the limit is {limit} bytes.",
+    414: "Request line too long: it is longer than any valid request needs ({line_limit} bytes).",
 }
+
+
+def request_line_length(environ: dict[str, Any]) -> int:
+    """Return the length in bytes of the request line (``METHOD target HTTP/x.y``) as it arrived.
+
+    gunicorn keeps the raw target in ``RAW_URI``; without it (the test client, other
+    servers) the target is rebuilt from the path and the raw query string.
+    """
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if target is None:
+        query = environ.get("QUERY_STRING", "")
+        target = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/;=,", encoding="latin-1") + ("?" + query if query else "")
+    return len(environ.get("REQUEST_METHOD", "")) + 1 + len(target) + 1 + len(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
 
 
 def _http_error(exc: HTTPException) -> Any:
@@ -85,7 +100,12 @@ def _http_error(exc: HTTPException) -> Any:
     if template:
         from flask import current_app
 
-        message = template.format(method=request.method, path=request.path, limit=current_app.config.get("MAX_CONTENT_LENGTH"))
+        message = template.format(
+            method=request.method,
+            path=request.path,
+            limit=current_app.config.get("MAX_CONTENT_LENGTH"),
+            line_limit=MAX_REQUEST_LINE,
+        )
     else:
         message = exc.description or exc.name
     error = APIError(status, message, type="server_error" if status >= 500 else "invalid_request_error")
@@ -126,6 +146,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.before_request
     def _assign_request_id() -> None:
         g.request_id = "req_" + uuid.uuid4().hex
+
+    @app.before_request
+    def _limit_request_line() -> None:
+        # gunicorn's limit_request_line is off (its maximum, 8,190 bytes, refuses valid lists
+        # with an HTML page); this one is sized to the longest valid request and answers in the envelope.
+        if request_line_length(request.environ) > MAX_REQUEST_LINE:
+            raise RequestURITooLarge()
 
     @app.after_request
     def _add_request_id(response: Response) -> Response:

@@ -4,8 +4,11 @@ and assembling a stream's chunks into the completion a non-streaming call return
 One pooled ``httpx.Client`` per app and process, made on first use and shared by every
 thread (httpx pools connections thread-safely), so a create costs no TCP or TLS set-up
 once the pool is warm. Every upstream failure becomes an :class:`~webapp.errors.APIError`
-in the OpenAI envelope: the upstream's own status and error for an error answer, 502
-when it cannot be reached or answers nonsense, 504 when it does not answer in time.
+in the OpenAI envelope: the upstream's own status and error for an error answer (a 401 or
+403, which refuses the store's own ``UPSTREAM_API_KEY``, becomes a 502 that says so), 502
+when it cannot be reached or answers nonsense, 504 when it does not answer in time. No
+error a client sees carries ``UPSTREAM_API_KEY``: an upstream that echoes it gets it
+redacted (:class:`Redactor`), and the server's log says what the upstream answered.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ REPLACED_KEYS = frozenset({"id", "type", "role", "index", "object"})
 # Stream-only fields that have no place in the completion (``obfuscation`` pads chunk sizes).
 STREAM_ONLY_KEYS = frozenset({"object", "choices", "usage", "obfuscation"})
 
+# The upstream answers these when it refuses the store's own UPSTREAM_API_KEY.
+KEY_REFUSED = frozenset({401, 403})
+
 _create_lock = threading.Lock()
 
 
@@ -62,6 +68,7 @@ class Upstream:
 
     def __init__(self, *, base_url: str, api_key: str | None, timeout: float, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.base_url = base_url.rstrip("/")
+        self.redactor = Redactor(api_key)
         # An answer is held in memory to be stored: a runaway upstream must not take the worker down.
         self.max_bytes = max_bytes
         # The same timeout for connecting, each read and each write: a stream is cut only
@@ -92,7 +99,7 @@ class Upstream:
             finally:
                 response.close()
         if not response.is_success:
-            raise error_from_answer(response, content)
+            raise error_from_answer(response, content, redactor=self.redactor)
         return Answer(
             completion=require_completion(_json_or_none(content)),
             raw=content,
@@ -114,8 +121,8 @@ class Upstream:
                     content = read_capped(response, self.max_bytes)
             finally:
                 response.close()
-            raise error_from_answer(response, content)
-        return EventStream(response, base_url=self.base_url, max_bytes=self.max_bytes)
+            raise error_from_answer(response, content, redactor=self.redactor)
+        return EventStream(response, base_url=self.base_url, max_bytes=self.max_bytes, redactor=self.redactor)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -130,20 +137,24 @@ class EventStream:
     """An open streaming answer from the upstream: iterate it for its events as they
     arrive; :meth:`close` ends the upstream request (also when it is not finished)."""
 
-    def __init__(self, response: httpx.Response, *, base_url: str, max_bytes: int) -> None:
+    def __init__(self, response: httpx.Response, *, base_url: str, max_bytes: int, redactor: Redactor) -> None:
         self.response = response
         self.base_url = base_url
         self.max_bytes = max_bytes
+        self.redactor = redactor
         self.request_id: str | None = response.headers.get(REQUEST_ID_HEADER)
         self.headers = passed_headers(response.headers)
 
     def __iter__(self) -> Iterator[bytes]:
-        """Yield each raw event (see :func:`split_events`) as soon as its blank line has arrived.
+        """Yield each raw event (see :func:`split_events`) as soon as its blank line has arrived,
+        byte for byte unless it echoes ``UPSTREAM_API_KEY`` (then masked: :meth:`Redactor.event`).
 
         Raises APIError (502, 504) when the connection fails or times out mid-stream.
         """
+        redact = self.redactor.event
         with _transport_errors(self.base_url):
-            yield from split_events(_capped(self.response.iter_bytes(), self.max_bytes))
+            for event in split_events(_capped(self.response.iter_bytes(), self.max_bytes)):
+                yield redact(event)
 
     def close(self) -> None:
         """Close the upstream response, and with it the upstream request if still running."""
@@ -218,15 +229,44 @@ def passed_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
-def error_from_answer(response: httpx.Response, content: bytes) -> APIError:
+def error_from_answer(response: httpx.Response, content: bytes, *, redactor: Redactor) -> APIError:
     """Return the APIError that relays an upstream error answer: the upstream's status (502
     for a non-error status that is no success either) and its error in the envelope, or its
     body wrapped in one when it did not answer in OpenAI's shape.
+
+    A 401 or 403 refuses the store's own ``UPSTREAM_API_KEY``, not the client's key: that
+    is a 502 saying so (the client can do nothing about it, so the SDK is told not to
+    retry), and the upstream's answer goes to the server's log for the operator. Whatever
+    the status, ``UPSTREAM_API_KEY`` never reaches the client: an echo of it is redacted.
     """
+    text = content.decode("utf-8", "replace").strip()
+    redacted_text = redactor.text(text)
+    if response.status_code not in KEY_REFUSED and redacted_text != text:
+        log.warning(
+            "the upstream's %s answer held UPSTREAM_API_KEY; the client got it redacted. The answer (key masked): %s",
+            response.status_code,
+            redacted_text,
+        )
+    if response.status_code in KEY_REFUSED:
+        log.error(
+            "the upstream %s refused UPSTREAM_API_KEY with %s %s: set a key it accepts. Its answer (key masked): %s",
+            response.url,
+            response.status_code,
+            response.reason_phrase,
+            redacted_text,
+        )
+        return APIError(
+            502,
+            f"The upstream model server refused this server's own key (UPSTREAM_API_KEY) with "
+            f"{response.status_code} {response.reason_phrase}. Your API key for this store is fine: "
+            "the store's operator must set an upstream key that the model server accepts.",
+            type="server_error",
+            headers={"x-should-retry": "false"},
+        )
     status = response.status_code if response.status_code >= 400 else 502
     default_type = "server_error" if status >= 500 else "invalid_request_error"
-    headers = passed_headers(response.headers)
-    body = _json_or_none(content)
+    headers = {name: redactor.text(value) for name, value in passed_headers(response.headers).items()}
+    body = redactor.value(_json_or_none(content))
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, str) and error:
         error = {"message": error}
@@ -239,10 +279,55 @@ def error_from_answer(response: httpx.Response, content: bytes) -> APIError:
             code=_optional_str(error.get("code")),
             headers=headers,
         )
-    text = content.decode("utf-8", "replace").strip()
     message = f"The upstream model server answered {response.status_code} {response.reason_phrase}".rstrip()
-    message += f": {text[:1000]}" if text else "."
+    message += f": {redacted_text[:1000]}" if redacted_text else "."
     return APIError(status, message, type=default_type, headers=headers)
+
+
+class Redactor:
+    """Takes the store's ``UPSTREAM_API_KEY`` out of whatever an upstream sends back, so
+    that an upstream echoing its request headers cannot hand the key to a client."""
+
+    MASK = "[redacted: UPSTREAM_API_KEY]"
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret or None
+        # The key as it may appear in JSON text: as is, with "/" escaped, or all non-ASCII escaped.
+        forms = {secret, secret.replace("/", "\\/"), json.dumps(secret)[1:-1]} if secret else set()
+        self.forms = sorted(forms, key=len, reverse=True)
+        self.byte_forms = [(form.encode("utf-8"), self.MASK.encode()) for form in self.forms]
+
+    def text(self, text: str) -> str:
+        """Return ``text`` with every occurrence of the key masked."""
+        for form in self.forms:
+            text = text.replace(form, self.MASK)
+        return text
+
+    def event(self, raw: bytes) -> bytes:
+        """Return an SSE event with the key masked: its bytes unchanged when it holds no key,
+        its data re-encoded when the key hides behind JSON escapes (``\\u0073k-...``)."""
+        for form, mask in self.byte_forms:
+            raw = raw.replace(form, mask)
+        if self.secret is None or b"\\u" not in raw:
+            return raw
+        data = event_data(raw)
+        parsed = _json_or_none(data) if data is not None else None
+        redacted = self.value(parsed)
+        if redacted == parsed:
+            return raw
+        return b"data: " + json.dumps(redacted, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+    def value(self, value: Any) -> Any:
+        """Return a parsed JSON ``value`` with the key masked in every string (keys included)."""
+        if self.secret is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        if isinstance(value, dict):
+            return {self.text(key): self.value(item) for key, item in value.items()}
+        return value
 
 
 def _json_or_none(content: bytes | str) -> Any:

@@ -9,6 +9,8 @@ API's field (``param``) and an OpenAI error ``code``.
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,6 +24,31 @@ DEFAULT_LIMIT = 20
 MIN_LIMIT = 1
 MAX_LIMIT = 100
 ORDERS = ("asc", "desc")
+ASCII_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+# ``search`` text of a list (issue 9) is refused past this many characters.
+MAX_SEARCH_LENGTH = 1000
+# The size of the model column: a longer ``model`` filter cannot match anything.
+MAX_MODEL_LENGTH = 255
+
+
+def _encoded(characters: int) -> int:
+    """Return the bytes ``characters`` characters take in a URL at worst: four UTF-8 bytes each, each as ``%XX``."""
+    return 12 * characters
+
+
+# The longest request line a valid request needs: a list (the API's, or the admin list's with
+# the same names) with every parameter at its longest, percent-encoded at worst, both cursors
+# (the admin list's ``before`` too) and a ``created_*`` range of 20-digit numbers. About 134 KB;
+# the app answers anything longer with 414 (gunicorn's own limit stops at 8,190 bytes, too few).
+MAX_REQUEST_LINE = (
+    len("GET /v1/chat/completions? HTTP/1.1")
+    + MAX_METADATA_PAIRS * (len("&metadata%5B%5D=") + _encoded(MAX_METADATA_KEY_LENGTH + MAX_METADATA_VALUE_LENGTH))
+    + len("&search=") + _encoded(MAX_SEARCH_LENGTH)
+    + len("&model=") + _encoded(MAX_MODEL_LENGTH)
+    + len("&after=&before=") + 2 * _encoded(MAX_ID_LENGTH)
+    + len("&created_after=&created_before=") + 2 * 20
+    + len("&limit=100&order=desc")
+)
 
 Order = Literal["asc", "desc"]
 
@@ -208,12 +235,12 @@ def require_object(body: Any) -> dict[str, Any]:
 def _clean_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(raw.strip())
-    except ValueError:
+    # int() would also take "1_0", " 7 " and other scripts' digits ("١٠"): a limit is ASCII digits.
+    if not ASCII_INTEGER.fullmatch(raw):
         raise ValidationError(
             f"Invalid 'limit': expected an integer, but got '{raw}' instead.", "limit", "invalid_type"
-        ) from None
+        )
+    limit = int(raw)
     if limit < MIN_LIMIT:
         raise ValidationError(
             f"Invalid 'limit': integer below minimum value. Expected a value greater than or equal to "
@@ -370,18 +397,43 @@ COMPLETION_FIELDS: tuple[tuple[str, type], ...] = (("id", str), ("created", int)
 IMPORT_FIELDS = COMPLETION_FIELDS + (("choices", list), ("messages", list))
 
 
-def clean_completion_id(value: str, *, param: str = "id") -> str:
-    """Return ``value`` if it can be a stored completion's id (1 to 255 characters, no NUL)."""
+def completion_id_fault(value: Any) -> str | None:
+    """Return why ``value`` cannot be a stored completion's id, or None when it can.
+
+    An id is 1 to 255 characters with no ``/`` (it would read as another path of the
+    API, such as ``{id}/messages``), no whitespace and no control characters (every id
+    any known model server makes fits).
+    """
+    if not isinstance(value, str):
+        return f"expected a string, but got {_type_name(value)} instead"
     if not value or len(value) > MAX_ID_LENGTH:
-        raise ValidationError(f"Invalid '{param}': expected 1 to {MAX_ID_LENGTH} characters.", param, "invalid_value")
-    return reject_nul(value, param)
+        return f"expected 1 to {MAX_ID_LENGTH} characters, but got {len(value)}"
+    for char in value:
+        if char == "/":
+            return "an id must not contain '/'"
+        if char.isspace():
+            return "an id must not contain whitespace"
+        if unicodedata.category(char) == "Cc":
+            return f"an id must not contain control characters (U+{ord(char):04X})"
+    return None
+
+
+def clean_completion_id(value: Any, *, param: str = "id") -> str:
+    """Return ``value`` if it can be a stored completion's id (:func:`completion_id_fault`);
+    raise ValidationError naming ``param`` otherwise."""
+    fault = completion_id_fault(value)
+    if fault is not None:
+        raise ValidationError(f"Invalid '{param}': {fault}.", param, "invalid_value")
+    return value
 
 
 def clean_completion(record: Any, *, required: tuple[tuple[str, type], ...] = COMPLETION_FIELDS) -> dict[str, Any]:
     """Return ``record`` if it is a chat completion the store can keep.
 
     It must be an object with the ``required`` fields of their types (by default a string
-    ``id`` by :func:`clean_completion_id`, an integer ``created`` and a string ``model``).
+    ``id``, an integer ``created`` and a string ``model`` without NUL). Whether the id
+    may be stored as it is is the caller's question: import refuses an unfit id
+    (:func:`clean_import_record`), a create mints a fresh one.
     Raises ValidationError naming the first field at fault.
     """
     record = require_object(record)
@@ -395,7 +447,6 @@ def clean_completion(record: Any, *, required: tuple[tuple[str, type], ...] = CO
                 name,
                 "invalid_type",
             )
-    clean_completion_id(record["id"])
     reject_nul(record["model"], "model")
     return record
 
@@ -404,9 +455,11 @@ def clean_import_record(record: Any) -> dict[str, Any]:
     """Return a completion object of the export format (``store``), ready for the store.
 
     Requires what :func:`clean_completion` does plus ``choices`` (array) and ``messages``
-    (array of objects); ``metadata`` by the metadata rules.
+    (array of objects), an id by :func:`clean_completion_id`, and ``metadata`` by the
+    metadata rules.
     """
     record = clean_completion(record, required=IMPORT_FIELDS)
+    clean_completion_id(record["id"])
     if not all(isinstance(m, dict) for m in record["messages"]):
         raise ValidationError("Invalid 'messages': every message must be an object.", "messages", "invalid_type")
     cleaned = dict(record)

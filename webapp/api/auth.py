@@ -11,6 +11,7 @@ from ..keycache import key_cache
 from . import bp
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CREATE_ENDPOINT = "api.create_completion"
 
 
 def _bearer_secret() -> str:
@@ -47,11 +48,14 @@ def require_api_key() -> None:
             store.touch_api_key(session, key_id=key.id)
         cache.touched(digest, key)
     if key.read_only and request.method not in SAFE_METHODS:
-        raise APIError(
-            403,
-            f"The API key '{key.name}' is read-only: it can list and retrieve but not change anything.",
-            code="insufficient_permissions",
-        )
+        if request.endpoint == CREATE_ENDPOINT:
+            message = (
+                f"The API key '{key.name}' is read-only. Creating a chat completion forwards it to the "
+                "upstream model server, which is paid for, so it needs a key with write access."
+            )
+        else:
+            message = f"The API key '{key.name}' is read-only: it can list and retrieve but not change anything."
+        raise APIError(403, message, code="insufficient_permissions")
 
 
 def actor() -> str:
