@@ -130,7 +130,7 @@ class UserSession(db.Model):
 class CompletionRollup(db.Model):
     """Live completions and their tokens per hour (``span`` 3600) and per day (86400), per model.
 
-    Database triggers on ``completions`` keep it (migration 0002): no Python code writes it.
+    Database triggers on ``completions`` keep it (migration 0003): no Python code writes it.
     ``start`` is the bucket's first second (unix time, UTC).
     """
 

@@ -7,14 +7,14 @@ A completion counts while it is live (``deleted`` false): a delete (tombstone), 
 that changes its model, time or usage, a resurrection and a physical DELETE each move the
 counts from the old values to the new ones.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0002'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
