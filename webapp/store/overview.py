@@ -175,8 +175,8 @@ def usage_series(
     """Return the usage of the live completions matching ``filter``, per hour or per day and model.
 
     ``created_after`` is inclusive, ``created_before`` exclusive (unix seconds), as in the
-    list. The range is the filter's, its open ends closed by the first and last match; a
-    range of two days or less is counted per hour, a longer one per day (UTC).
+    list. The range is the filter's, an open end closed by the day (UTC) of the first or
+    last match; a range of two days or less is counted per hour, a longer one per day.
     """
     # A filter that carries its own time range (its created_after/created_before) counts within it.
     created_after = created_after if created_after is not None else getattr(filter, "created_after", None)
