@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from webapp import store
 from webapp.extensions import db, write_transaction
 from webapp.models import Completion, utcnow
+from webapp.validation import Filter
 from webapp.store.overview import DAY, HOUR, Usage
 
 from .helpers import completion_body, seed
@@ -80,6 +81,18 @@ def test_text_postgresql_cannot_read_still_counts(app, odd_text: str) -> None:
     body["system_fingerprint"] = {odd_text: odd_text}
     seed(body)
     assert assert_no_drift()[(DAY, T0, "gpt-a")] == Usage(1, 10, 5)
+
+
+def test_rows_are_counted_in_a_parallel_plan_too(app, backend: str) -> None:
+    """A metadata filter counts rows; on a big table PostgreSQL plans that in parallel workers."""
+    seed(*(record(f"p{i}", created=T0 + i, usage=(1, 2), metadata={"team": "red"}) for i in range(30)))
+    if backend == "postgresql":
+        # Named force_parallel_mode before PostgreSQL 16.
+        force = db.session.scalar(sa.text("SELECT name FROM pg_settings WHERE name IN ('debug_parallel_query', 'force_parallel_mode')"))
+        for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0", f"{force} = on"):
+            db.session.execute(sa.text(f"SET LOCAL {setting}"))
+    series = store.usage_series(db.session, filter=Filter(metadata={"team": "red"}))
+    assert series.total == Usage(30, 30, 60)
 
 
 def test_a_body_sqlite_cannot_parse_is_stored_and_counted_without_tokens(app, backend: str) -> None:

@@ -90,10 +90,11 @@ POSTGRES_FUNCTIONS = [
     """,
     # PostgreSQL cannot read a json text holding \u0000 or a lone surrogate escape (anywhere, a
     # key included), although it stores one. Then the usage is read from a copy with those
-    # escapes made U+FFFD (an escaped backslash before "u0000" stays valid JSON too).
+    # escapes made U+FFFD (an escaped backslash before "u0000" stays valid JSON too). The
+    # EXCEPTION block is a subtransaction, which no parallel plan may start: PARALLEL UNSAFE.
     r"""
     CREATE FUNCTION completion_usage_tokens(body json, field text) RETURNS bigint
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+    LANGUAGE plpgsql IMMUTABLE PARALLEL UNSAFE AS $$
     BEGIN
       RETURN completion_usage_count(body -> 'usage' -> field);
     EXCEPTION WHEN others THEN
