@@ -179,3 +179,93 @@ def test_export_streams_in_batches(app, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(completions, "list_completions", counting)
     ids = [row.id for row in store.iter_completions(db.session, filter=Filter(), batch_size=10)]
     assert ids == [f"b{i:03d}" for i in range(25)] and pages == [10, 10, 5]
+
+
+def test_export_to_a_file_creates_it_even_when_nothing_matches(runner, seeded, tmp_path: Path) -> None:
+    out = tmp_path / "none.jsonl"
+    result = runner.invoke(args=["export", "--model", "no-such-model", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.read_text() == ""
+    assert "Exported 0 completions" in result.output
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# Lines the import must name and skip whole, each with what the report says about it.
+BAD_LINES = [
+    ("{not json", "not valid JSON"),
+    (json.dumps({**completion_body("x"), "id": ""}), "Invalid 'id'"),
+    (json.dumps({**completion_body("x"), "id": "i" * 256}), "Invalid 'id'"),
+    (json.dumps({**completion_body("x"), "id": "nul\x00id"}), "Invalid 'id'"),
+    (json.dumps({**completion_body("x"), "id": "imp/messages"}), "Invalid 'id': an id must not contain '/'"),
+    (json.dumps({**completion_body("x"), "id": "has space"}), "Invalid 'id': an id must not contain whitespace"),
+    (json.dumps(completion_body("meta", metadata={"k" * 65: "v"})), "Invalid 'metadata."),
+    (json.dumps({**completion_body("x"), "messages": "hi"}), "Invalid type for 'messages'"),
+    # Valid JSON the validation lets through but no database column can hold: refused by the
+    # database in the middle of a batch, the rest of that batch still lands.
+    (json.dumps(completion_body("huge-created", created=10**20)), "the database refused it"),
+]
+
+
+def test_a_large_import_in_batches_names_every_bad_line_and_lands_every_good_one(runner, client, auth, tmp_path: Path) -> None:
+    from webapp.cli.data import IMPORT_BATCH
+
+    total = IMPORT_BATCH * 2 + 500
+    bad_at = {37: 0, 999: 1, 1000: 2, 1001: 3, 1200: 4, 1300: 5, 1500: 6, 2001: 7, 2400: 8}  # line index -> BAD_LINES row
+    lines = [
+        BAD_LINES[bad_at[i]][0] if i in bad_at else json.dumps(completion_body(f"big-{i:05d}", created=1_700_000_000 + i, metadata={"i": str(i)}))
+        for i in range(total)
+    ]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "big.jsonl", lines))])
+    assert result.exit_code == 1
+    for index, row in bad_at.items():
+        assert f"line {index + 1}: {BAD_LINES[row][1]}" in result.output
+    good = total - len(bad_at)
+    assert f"Imported {good} completions ({good} new or changed, 0 unchanged); {len(bad_at)} bad lines skipped." in result.output
+    db.session.rollback()
+    rows = dict(db.session.execute(select(Completion.id, Completion.metadata_map)).all())
+    assert rows == {f"big-{i:05d}": {"i": str(i)} for i in range(total) if i not in bad_at}
+    assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == good
+    assert client.get("/v1/chat/completions/big-00036/messages", headers=auth).get_json()["data"][1]["content"] == "Say hello (big-00036)"
+
+    again = runner.invoke(args=["import", str(tmp_path / "big.jsonl")])
+    assert f"(0 new or changed, {good} unchanged); {len(bad_at)} bad lines skipped." in again.output
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == good
+
+
+def test_a_repeated_id_applies_in_file_order_with_its_history(runner, client, auth, tmp_path: Path) -> None:
+    lines = [
+        json.dumps(completion_body("twice", metadata={"v": "1"})),
+        json.dumps(completion_body("other")),
+        json.dumps(completion_body("twice", content="Changed", metadata={"v": "2"})),
+    ]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "twice.jsonl", lines))])
+    assert result.exit_code == 0 and "3 new or changed" in result.output
+    got = client.get("/v1/chat/completions/twice", headers=auth).get_json()
+    assert got["metadata"] == {"v": "2"} and got["choices"][0]["message"]["content"] == "Changed"
+    assert [(c.before, c.after) for c in reversed(store.metadata_history(db.session, completion_id="twice"))] == [
+        ({}, {"v": "1"}),
+        ({"v": "1"}, {"v": "2"}),
+    ]
+    assert client.get("/v1/chat/completions?metadata[v]=1", headers=auth).get_json()["data"] == []
+
+
+def test_import_changes_metadata_and_brings_a_deleted_completion_back(runner, client, auth, seeded, tmp_path: Path) -> None:
+    assert client.delete("/v1/chat/completions/c1", headers=auth).status_code == 200
+    lines = [
+        json.dumps({**seeded[1], "metadata": {"back": "yes"}}),
+        json.dumps({**seeded[2], "metadata": {"team": "green"}}),
+        json.dumps(seeded[3]),
+    ]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "changes.jsonl", lines))])
+    assert "2 new or changed, 1 unchanged" in result.output
+    assert client.get("/v1/chat/completions/c1", headers=auth).get_json()["metadata"] == {"back": "yes"}
+    assert [c["id"] for c in client.get("/v1/chat/completions?metadata[team]=green", headers=auth).get_json()["data"]] == ["c2"]
+    assert [c["id"] for c in client.get("/v1/chat/completions?metadata[team]=red", headers=auth).get_json()["data"]] == ["c0"]
+    latest = store.metadata_history(db.session, completion_id="c2")[0]
+    assert (latest.actor, latest.before, latest.after) == ("import", {"team": "red", "n": "2"}, {"team": "green"})
+    assert store.metadata_history(db.session, completion_id="c1")[0].before == {}

@@ -17,7 +17,7 @@ from webapp.models import Completion, MetadataChange
 
 from .helpers import ROOT, TEST_SECRET_KEY, completion_body
 
-LINES = 4000
+LINES = 20_000  # enough that even a fast import is still running when it is killed
 
 
 def import_process(database_url: str, path: Path) -> subprocess.Popen[bytes]:

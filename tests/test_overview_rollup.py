@@ -1,6 +1,6 @@
 """The overview's rollup never drifts: after every kind of write it equals a recount from the rows.
 
-Triggers keep ``completion_rollup`` (migration 0003), so whatever writes ``completions`` (the
+Triggers keep ``completion_rollup`` (migration 0004), so whatever writes ``completions`` (the
 store's create and upsert, the import command, a Core batch insert, the metadata update,
 delete, a physical DELETE as a purge does it) moves it in the same transaction.
 """
@@ -162,6 +162,27 @@ def test_core_batch_inserts_and_physical_deletes(app) -> None:
     kept = assert_no_drift()
     assert (DAY, T0, "bulk") not in kept
     assert kept[(DAY, T0 + DAY, "bulk")].completions == 144
+
+
+def test_the_batch_import_and_purge(app) -> None:
+    """The lifecycle's paths: batch upserts (COPY on PostgreSQL) and purge in batches."""
+    batch = [record(f"u{i}", created=T0 + i * 900, model=f"m{i % 2}", usage=(i, 1)) for i in range(200)]
+    incoming = [store.IncomingCompletion(body=body, messages=body["messages"], metadata=body["metadata"]) for body in batch]
+    with write_transaction() as session:
+        store.upsert_completions(session, completions=incoming[:150], actor="import")
+    with write_transaction() as session:  # again, overlapping: some unchanged, some new, one changed
+        changed = record("u0", created=T0 + 5 * DAY, model="m9", usage=(7, 7))
+        incoming[0] = store.IncomingCompletion(body=changed, messages=changed["messages"], metadata={})
+        store.upsert_completions(session, completions=incoming, actor="import")
+    kept = assert_no_drift()
+    assert sum(usage.completions for (span, _start, _model), usage in kept.items() if span == DAY) == 200
+    assert kept[(DAY, T0 + 5 * DAY, "m9")] == Usage(1, 7, 7)
+    with write_transaction() as session:
+        assert len(store.purge_batch(session, filter=Filter(), created_before=T0 + DAY, limit=50)) == 50
+        # m1 is the odd ones: 96 before the second day, of which the first purge took 25.
+        assert len(store.purge_batch(session, filter=Filter(model="m1"), created_before=T0 + 2 * DAY, limit=1000)) == 71
+    kept = assert_no_drift()
+    assert sum(usage.completions for (span, _start, _model), usage in kept.items() if span == DAY) == 200 - 50 - 71
 
 
 def test_a_failed_transaction_leaves_it_as_it_was(app) -> None:

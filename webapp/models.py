@@ -89,6 +89,24 @@ class MetadataChange(db.Model):
     after: Mapped[dict[str, str]] = mapped_column(Json)
 
 
+class SyncSource(db.Model):
+    """Where ``flask sync`` stands with one source: a base URL, the key used there, and a filter."""
+
+    __tablename__ = "sync_sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # SHA-256 of (base URL, key fingerprint, filter): the source's identity, short enough to index.
+    source_key: Mapped[str] = mapped_column(String(64), unique=True)
+    base_url: Mapped[str] = mapped_column(Text)
+    selection: Mapped[str] = mapped_column(Text)  # the filter, as canonical JSON
+    # The last completion mirrored in the source's order (the cursor of the next incremental run).
+    last_id: Mapped[str | None] = mapped_column(String(255))
+    # Where an unfinished ``--full`` walk stopped (resumed by the next ``--full``), or None.
+    full_after: Mapped[str | None] = mapped_column(String(255))
+    mirrored: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ApiKey(db.Model):
     """A bearer key for ``/v1``; only the SHA-256 of its secret is kept."""
 
@@ -130,7 +148,7 @@ class UserSession(db.Model):
 class CompletionRollup(db.Model):
     """Live completions and their tokens per hour (``span`` 3600) and per day (86400), per model.
 
-    Database triggers on ``completions`` keep it (migration 0003): no Python code writes it.
+    Database triggers on ``completions`` keep it (migration 0004): no Python code writes it.
     ``start`` is the bucket's first second (unix time, UTC).
     """
 

@@ -9,6 +9,7 @@ from flask import Flask
 
 from .access import bootstrap_command, keys_cli, users_cli
 from .data import export_command, import_command
+from .lifecycle import backup_command, purge_command, sync_command
 
 
 def register_commands(app: Flask) -> None:
@@ -18,3 +19,6 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(import_command)
     app.cli.add_command(export_command)
     app.cli.add_command(bootstrap_command)
+    app.cli.add_command(purge_command)
+    app.cli.add_command(backup_command)
+    app.cli.add_command(sync_command)

@@ -2,79 +2,128 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
 
 import click
 
 from .. import store, validation
-from ..extensions import db
+from ..extensions import db, write_transaction
 from ..formats import FORMATS, export_lines
 
-IMPORT_BATCH = 200
+# Lines per transaction: big enough that a batch costs a few statements per thousand lines,
+# small enough that the write lock is held for a few hundredths of a second at a time.
+IMPORT_BATCH = 1000
 
 
-def _lines_with_progress(stream: IO[bytes], total: int | None) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, raw line) while drawing a progress bar on stderr (bytes read, or lines when unsized)."""
-    if total is None:
-        with click.progressbar(enumerate(stream, start=1), label="Importing", file=sys.stderr, show_pos=True) as lines:
-            yield from lines
+@dataclass
+class Tally:
+    """What a run of batches did: completions written or changed, found unchanged, refused."""
+
+    changed: int = 0
+    unchanged: int = 0
+    refused: int = 0
+
+
+def _refusal(exc: BaseException) -> str:
+    """Return the first line of what the database said, without the SQL (no bound values are in it)."""
+    cause = getattr(exc, "orig", None) or exc
+    return f"the database refused it ({type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''})"
+
+
+def write_completions(
+    batch: Sequence[tuple[str, store.IncomingCompletion]], *, actor: str, tally: Tally, report: Callable[[str, str], None]
+) -> None:
+    """Upsert ``batch`` (labelled completions with distinct ids) in one transaction, counting into ``tally``.
+
+    When the database refuses the batch, it is written again one completion at a time, each in
+    a savepoint, so the good ones land and ``report(label, message)`` names each refused one.
+    """
+    completions = [completion for _label, completion in batch]
+    try:
+        with write_transaction() as session:
+            outcome = store.upsert_completions(session, completions=completions, actor=actor)
+    except store.ROW_REFUSALS:
+        outcome = None
+    if outcome is not None:
+        tally.changed += len(outcome.changed)
+        tally.unchanged += len(outcome.unchanged)
         return
-    with click.progressbar(length=total, label="Importing", file=sys.stderr) as bar:
-        for number, raw in enumerate(stream, start=1):
-            yield number, raw
-            bar.update(len(raw))
+    with write_transaction() as session:
+        for label, completion in batch:
+            try:
+                with session.begin_nested():
+                    one = store.upsert_completions(session, completions=[completion], actor=actor)
+            except store.ROW_REFUSALS as exc:
+                tally.refused += 1
+                report(label, _refusal(exc))
+                continue
+            tally.changed += len(one.changed)
+            tally.unchanged += len(one.unchanged)
+
+
+def _input_size(file: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(file.fileno()).st_size if file.seekable() else None
+    except (OSError, ValueError):
+        return None
 
 
 @click.command("import")
 @click.argument("file", type=click.File("rb"))
 def import_command(file: IO[bytes]) -> None:
     """Import completions from JSONL in the export format (``-`` for stdin); upserts by id."""
-    try:
-        total: int | None = os.fstat(file.fileno()).st_size if file.seekable() else None
-    except (OSError, ValueError):
-        total = None
-    counts = {"new_or_changed": 0, "unchanged": 0}
-    bad: list[str] = []
-    session = db.session
-    pending = 0
-    for number, raw in _lines_with_progress(file, total):
-        if not raw.strip():
-            continue
-        try:
-            record = validation.clean_import_record(json.loads(raw))
-        except (ValueError, RecursionError, validation.ValidationError) as exc:
-            message = exc.message if isinstance(exc, validation.ValidationError) else f"not valid JSON ({exc})"
-            bad.append(f"line {number}: {message}")
-            continue
-        try:
-            with session.begin_nested():
-                _row, changed = store.save_completion(
-                    session,
-                    body=record,
-                    messages=record["messages"],
-                    metadata=record["metadata"],
-                    actor="import",
-                )
-        except Exception as exc:  # a line the database refuses is reported like a malformed one
-            bad.append(f"line {number}: the database refused it ({type(exc).__name__}: {exc})")
-            continue
-        counts["new_or_changed" if changed else "unchanged"] += 1
-        pending += 1
-        if pending >= IMPORT_BATCH:
-            session.commit()
-            pending = 0
-    session.commit()
-    for line in bad:
-        click.echo(line, err=True)
+    total = _input_size(file)
+    tally = Tally()
+
+    def report(label: str, message: str) -> None:
+        # At once, not gathered: a file of a million bad lines must not fill the memory.
+        click.echo(f"line {label}: {message}", err=True)
+
+    batch: list[tuple[str, store.IncomingCompletion]] = []
+    ids: set[str] = set()
+    pending_bytes = 0
+    # Unsized (stdin): a bar with no end that counts lines, given an iterable of unknown length.
+    bar_args: dict[str, Any] = {"length": total} if total is not None else {"iterable": (n for n in ()), "show_pos": True}
+    with click.progressbar(label="Importing", file=sys.stderr, **bar_args) as bar:
+
+        def flush() -> None:
+            nonlocal pending_bytes
+            write_completions(batch, actor="import", tally=tally, report=report)
+            bar.update(pending_bytes if total is not None else len(batch))
+            batch.clear()
+            ids.clear()
+            pending_bytes = 0
+
+        for number, raw in enumerate(file, start=1):
+            pending_bytes += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                record = validation.clean_import_record(json.loads(raw))
+            except (ValueError, RecursionError, validation.ValidationError) as exc:
+                message = exc.message if isinstance(exc, validation.ValidationError) else f"not valid JSON ({exc})"
+                tally.refused += 1
+                report(str(number), message)
+                continue
+            if record["id"] in ids or len(batch) >= IMPORT_BATCH:
+                # A repeated id goes to the next batch, so its two lines apply in file order.
+                flush()
+            ids.add(record["id"])
+            batch.append(
+                (str(number), store.IncomingCompletion(body=record, messages=record["messages"], metadata=record["metadata"]))
+            )
+        flush()
     click.echo(
-        f"Imported {counts['new_or_changed'] + counts['unchanged']} completions "
-        f"({counts['new_or_changed']} new or changed, {counts['unchanged']} unchanged); {len(bad)} bad lines skipped."
+        f"Imported {tally.changed + tally.unchanged} completions "
+        f"({tally.changed} new or changed, {tally.unchanged} unchanged); {tally.refused} bad lines skipped."
     )
-    if bad:
+    if tally.refused:
         raise click.ClickException("Some lines were not imported: fix the lines named above and run the import again (it is safe to repeat).")
 
 
@@ -87,14 +136,25 @@ def clean_filter_options(*, model: str | None, metadata: tuple[str, ...]) -> val
         raise click.BadParameter(exc.message, param_hint="--model" if exc.param == "model" else "--metadata") from None
 
 
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the filter options (the API's filter, by its rules) as one ``selection`` argument."""
+
+    @click.option("--model", help="Only completions of this model.")
+    @click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+    @functools.wraps(command)
+    def with_selection(*args: Any, model: str | None, metadata_filters: tuple[str, ...], **kwargs: Any) -> Any:
+        return command(*args, selection=clean_filter_options(model=model, metadata=metadata_filters), **kwargs)
+
+    return with_selection
+
+
 @click.command("export")
-@click.option("--model", help="Only completions of this model.")
-@click.option("--metadata", "metadata_filters", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+@filter_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="store", show_default=True)
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Default: stdout.")
-def export_command(model: str | None, metadata_filters: tuple[str, ...], fmt: str, output: IO[str]) -> None:
+# Not lazy: the file is created even when nothing matches, so a script finds it (empty) and not stale.
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=False), default="-", help="Default: stdout.")
+def export_command(selection: validation.Filter, fmt: str, output: IO[str]) -> None:
     """Stream completions as JSONL: ``store`` round-trips through import, ``chat`` is for fine-tuning."""
-    selection = clean_filter_options(model=model, metadata=metadata_filters)
     lines = export_lines(db.session, filter=selection, fmt=fmt)  # type: ignore[arg-type]
     if output.name == "<stdout>":
         # stdout is the data: no progress bar to mix into it.

@@ -3,6 +3,9 @@
 - ``shapes``: the OpenAI shapes of stored rows (completion objects, message items, ETags);
 - ``completions``: look up, list, save, update metadata, delete, history;
 - ``bulk``: changes to many completions at once;
+- ``imports``: upserting many completions in one batch of statements (import, sync);
+- ``retention``: purging old completions in short batches;
+- ``sources``: where ``sync`` stands with each store it mirrors;
 - ``keys``: API keys; ``users``: people, sign-in and their sessions;
 - ``overview``: completions and tokens per hour or day and model (the rollup the triggers keep).
 
@@ -27,8 +30,10 @@ from .completions import (
     list_models,
     metadata_history,
     save_completion,
+    tombstone_values,
     update_metadata,
 )
+from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -39,7 +44,9 @@ from .keys import (
     touch_api_key,
 )
 from .overview import Usage, UsageSeries, read_rollup, recount_rollup, usage_series
-from .shapes import build_completion_body, completion_object, etag, message_objects, version_etag
+from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
+from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
+from .sources import get_sync_source, save_sync_position, stored_messages
 from .users import (
     SignInLocked,
     check_password,
@@ -54,11 +61,14 @@ from .users import (
 )
 
 __all__ = [
+    "BatchOutcome",
     "BulkResult",
     "CompletionNotFound",
+    "IncomingCompletion",
     "NameTaken",
     "Page",
     "PreconditionFailed",
+    "ROW_REFUSALS",
     "SignInLocked",
     "Usage",
     "UsageSeries",
@@ -69,6 +79,7 @@ __all__ = [
     "completion_values",
     "count_api_keys",
     "count_completions",
+    "count_purgeable",
     "count_users",
     "create_api_key",
     "create_user",
@@ -78,7 +89,9 @@ __all__ = [
     "etag",
     "get_completion",
     "get_metadata_change",
+    "get_sync_source",
     "hash_secret",
+    "input_message",
     "iter_completions",
     "key_needs_touch",
     "list_api_keys",
@@ -87,15 +100,21 @@ __all__ = [
     "list_models",
     "message_objects",
     "metadata_history",
+    "purge_batch",
+    "purge_deleted_history_batch",
     "read_rollup",
     "recount_rollup",
     "record_sign_in",
     "revoke_api_key",
     "save_completion",
+    "save_sync_position",
     "set_metadata_key",
     "start_user_session",
+    "stored_messages",
+    "tombstone_values",
     "touch_api_key",
     "update_metadata",
+    "upsert_completions",
     "usage_series",
     "user_for_session",
     "verify_sign_in",

@@ -219,6 +219,21 @@ def update_metadata(
     raise PreconditionFailed(get_completion(session, completion_id=completion_id))
 
 
+def tombstone_values() -> dict[str, Any]:
+    """Return the column values that turn a completion into a content-free tombstone.
+
+    The one place that says what a deleted (or purged) completion keeps: what a row cannot
+    be without (id, created, model, seq: its place in the order, so that a cursor naming it
+    still works). Every nullable column :func:`completion_values` fills (body, messages,
+    metadata, and whatever derived text a later column holds) is cleared, so a column added
+    there is cleared here without anyone having to remember it.
+    """
+    sample = completion_values(body={"id": "-", "created": 0, "model": "-"}, messages=[], metadata={})
+    columns = Completion.__mapper__.columns
+    cleared = {name: None for name in sample if columns[name].nullable}
+    return {**cleared, "deleted": True}
+
+
 def delete_completion(session: Session, *, completion_id: str) -> None:
     """Delete ``completion_id``, keeping a tombstone of its place in the order.
 
@@ -228,7 +243,7 @@ def delete_completion(session: Session, *, completion_id: str) -> None:
     result = session.execute(
         update(Completion)
         .where(Completion.seq == row.seq, Completion.deleted.is_(False))
-        .values(deleted=True, body=None, messages=None, metadata_map=None, version=Completion.version + 1, updated_at=utcnow())
+        .values(**tombstone_values(), version=Completion.version + 1, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:

@@ -54,6 +54,21 @@ def message_objects(row: Completion) -> list[dict[str, Any]]:
     return items
 
 
+def input_message(item: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the input message a message-list item (as :func:`message_objects` makes them) was made from.
+
+    ``content_parts``, when present, is the original content; ``id`` goes, and so do the
+    ``name`` and ``refusal`` the list adds as nulls, so the message lists the same again.
+    """
+    message = {key: value for key, value in item.items() if key not in ("id", "content", "content_parts")}
+    parts = item.get("content_parts")
+    message["content"] = parts if parts is not None else item.get("content")
+    for key in ("name", "refusal"):
+        if message.get(key, 0) is None:
+            del message[key]
+    return message
+
+
 def build_completion_body(request: Mapping[str, Any], response: Mapping[str, Any], request_id: str | None) -> dict[str, Any]:
     """Return the body to store for a create: the upstream answer plus the request fields OpenAI echoes."""
     body = {key: value for key, value in response.items() if key != "metadata"}
