@@ -121,6 +121,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     # Seconds without a request after which a signed-in session is over (beside
     # PERMANENT_SESSION_LIFETIME, the most a session lasts however busy).
     "SESSION_IDLE_TIMEOUT": (float, 3600.0),
+    # When set, GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>".
+    "METRICS_TOKEN": (str, None),
 }
 
 
