@@ -4,21 +4,20 @@ for the same filter as the list. Reads ``store.usage_series``; draws with ``char
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import render_template, request, url_for
-from werkzeug.datastructures import MultiDict
 
 from .. import store
 from ..charts import Column, Series, format_count, nice_ceiling, stacked_bars
 from ..extensions import db
 from ..store.overview import DAY, HOUR, Usage, UsageSeries, ceil_to, floor_to
-from ..validation import MAX_METADATA_PAIRS, ValidationError
+from ..validation import MAX_METADATA_PAIRS
 from . import bp
-from .views import Filters, read_filters
+from .views import Filters, inclusive_to_redirect, read_filters
 
 WEEK = 7 * DAY
 # More days than this are drawn per week (Monday to Sunday): a bar per day would be thinner than a pixel.
@@ -29,52 +28,6 @@ OTHER_MODELS = "Other models"
 # The quick ranges: (label, length in hours or days, bucket width).
 QUICK_RANGES = (("Last 24 hours", 24, HOUR), ("Last 7 days", 7, DAY), ("Last 30 days", 30, DAY), ("Last 90 days", 90, DAY))
 DATE_PARAMS = ("created_after", "created_before")
-
-
-def clean_created_bound(value: str, param: str) -> int:
-    """Return a ``created_after``/``created_before`` bound as unix seconds: a whole number of
-    seconds, or ``YYYY-MM-DD`` meaning 00:00 UTC of that day. Raises ValidationError otherwise."""
-    text = value.strip()
-    if text.lstrip("-").isdigit() and text.isascii() and len(text) <= 12:
-        return int(text)
-    try:
-        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise ValidationError(
-            f"Invalid '{param}': expected a date (YYYY-MM-DD) or a whole number of seconds since 1970, but got '{value}'.",
-            param,
-            "invalid_type",
-        ) from None
-    return int(day.timestamp())
-
-
-@dataclass(frozen=True)
-class DateRange:
-    """The date filter as typed (for the URL and the form) and as cleaned (unix seconds)."""
-
-    texts: dict[str, str]
-    after: int | None = None
-    before: int | None = None
-    errors: dict[str, str] | None = None
-
-    def args(self) -> dict[str, str]:
-        """Return the URL arguments that carry this range."""
-        return {name: text for name, text in self.texts.items() if text}
-
-
-def read_dates(values: MultiDict[str, str]) -> DateRange:
-    """Return the ``created_after``/``created_before`` of a query, cleaned, with an error per bad one."""
-    texts = {name: (values.get(name) or "").strip() for name in DATE_PARAMS}
-    bounds: dict[str, int | None] = {}
-    errors: dict[str, str] = {}
-    for name, text in texts.items():
-        try:
-            bounds[name] = clean_created_bound(text, name) if text else None
-        except ValidationError as exc:
-            errors[name] = exc.message
-    if errors:
-        return DateRange(texts, errors=errors)
-    return DateRange(texts, after=bounds["created_after"], before=bounds["created_before"])
 
 
 def day_text(moment: int) -> str:
@@ -214,17 +167,18 @@ def build_charts(counted: UsageSeries, models: list[str], links: ListLinks, unit
     ]
 
 
-def read_overview(filters: Filters, dates: DateRange) -> tuple[UsageSeries, Usage | None]:
+def read_overview(filters: Filters) -> tuple[UsageSeries, Usage | None]:
     """Return the usage series of the filter (per week past MAX_DAYS days) and, when the filter
     names both ends of its range, the totals of the range of the same length just before it."""
-    counted = store.usage_series(db.session, filter=filters.filter, created_after=dates.after, created_before=dates.before)
+    after, before = filters.filter.created_after, filters.filter.created_before
+    counted = store.usage_series(db.session, filter=filters.filter)
     if counted.start is not None and counted.end is not None and counted.span == DAY and (counted.end - counted.start) // DAY > MAX_DAYS:
         counted = by_week(counted)
     previous = None
-    if dates.after is not None and dates.before is not None and dates.before > dates.after:
-        length = dates.before - dates.after
+    if after is not None and before is not None and before > after:
+        length = before - after
         previous = store.usage_series(
-            db.session, filter=filters.filter, created_after=dates.after - length, created_before=dates.after
+            db.session, filter=replace(filters.filter, created_after=after - length, created_before=after)
         ).total
     return counted, previous
 
@@ -253,15 +207,17 @@ def change(now: int, before: int) -> str | None:
 @bp.get("/overview")
 def overview() -> Any:
     """Show totals and charts for the list's filter (model, metadata, date range)."""
+    redirect_to = inclusive_to_redirect(request.args, endpoint="admin.overview")
+    if redirect_to is not None:
+        return redirect_to
     filters = read_filters(request.args)
-    dates = read_dates(request.args)
-    valid = filters.valid and not dates.errors
-    args = {**filters.args(), **dates.args()}
+    valid = filters.valid
+    args = filters.args()
 
     def link(endpoint: str = "admin.completion_list", **overrides: Any) -> str:
         return url_for(endpoint, **{**args, **overrides})
 
-    counted, previous = read_overview(filters, dates) if valid else (UsageSeries(span=DAY, start=None, end=None), None)
+    counted, previous = read_overview(filters) if valid else (UsageSeries(span=DAY, start=None, end=None), None)
     by_model = counted.by_model()
     unit = {HOUR: "hour", DAY: "day", WEEK: "week"}[counted.span]
     models = list(by_model)[:MAX_SERIES]
@@ -271,7 +227,6 @@ def overview() -> Any:
         render_template(
             "admin/overview.html",
             filters=filters,
-            dates=dates,
             models=store.list_models(db.session),
             max_pairs=MAX_METADATA_PAIRS,
             total=total,

@@ -156,7 +156,7 @@ def read_filters(values: MultiDict[str, str]) -> Filters:
     return Filters(model=model, texts=texts, typed=typed, filter=cleaned)
 
 
-def inclusive_to_redirect(values: MultiDict[str, str]) -> BaseResponse | None:
+def inclusive_to_redirect(values: MultiDict[str, str], *, endpoint: str = "admin.completion_list") -> BaseResponse | None:
     """Redirect a filter form's inclusive "to" date (``created_to``) to the URL's ``created_before``, the day after.
 
     The URL keeps the API's parameter names; the form asks people the question they think in.
@@ -174,7 +174,7 @@ def inclusive_to_redirect(values: MultiDict[str, str]) -> BaseResponse | None:
             args["created_before"] = validation.inclusive_day_end(to)
         except ValidationError:
             args["created_before"] = to  # shown back beside the input with the rule's message
-    return redirect(url_for("admin.completion_list", **args.to_dict(flat=False)))
+    return redirect(url_for(endpoint, **args.to_dict(flat=False)))
 
 
 @dataclass(frozen=True)

@@ -467,11 +467,11 @@ def mint_completion_id(upstream_id: Any) -> str:
 
 
 _completions = Completion.__table__
-_metadata_rows = CompletionMetadata.__table__
+_metadata_table = CompletionMetadata.__table__
 _changes = MetadataChange.__table__
 _INSERT_IF_FREE: dict[str, Any] = {}
 # Built once, so each create skips building them and computing their cache keys.
-_INSERT_METADATA_ROWS = insert(_metadata_rows)
+_INSERT_METADATA_ROWS = insert(_metadata_table)
 _INSERT_CHANGE = insert(_changes)
 _FILL_RESERVATION = (
     update(_completions)
