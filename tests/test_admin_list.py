@@ -16,7 +16,7 @@ from webapp.admin.views import PAGE_SIZE
 from webapp.extensions import db
 from webapp.models import MetadataChange
 
-from .admin_helpers import Admin, element, metadata_of, text
+from .admin_helpers import Admin, element, form_fields, metadata_of, text
 from .cases import FILTER_CASES, SEARCH_CASES, FilterCase, SearchCase, message_of
 from .helpers import completion_body, seed
 
@@ -277,7 +277,12 @@ def test_downloads_and_bulk_changes_take_the_whole_filter(admin: Admin, searchab
     form = page[page.index('action="/export"') : page.index("</form>", page.index('action="/export"'))]
     assert 'name="search" value="refund"' in form and 'name="created_before" value="1700100001"' in form
     assert [r["id"] for r in lines(admin.get(f"/export?{query}"))] == ["s-refund"]
-    response = bulk(admin, key="label", value="refunds", scope="all", search="refund", created_before="1700100001")
+    bulk_form = form_fields(page, "/bulk")
+    assert ("search", "refund") in bulk_form and ("created_before", "1700100001") in bulk_form
+    fields = [(name, value) for name, value in bulk_form if name not in ("key", "value", "scope", "action")]
+    confirmation = admin.post("/bulk", dict(fields) | {"action": "set", "key": "label", "value": "refunds", "scope": "all"})
+    assert confirmation.status_code == 200, confirmation.get_data(as_text=True)
+    response = admin.post("/bulk/apply", form_fields(confirmation.get_data(as_text=True), "/bulk/apply"))
     assert response.status_code == 303 and "search=refund" in response.headers["Location"]
     assert metadata_of("s-refund")["label"] == "refunds" and "label" not in metadata_of("s-ticket")
 

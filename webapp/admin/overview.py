@@ -15,9 +15,8 @@ from .. import store
 from ..charts import Column, Series, format_count, nice_ceiling, stacked_bars
 from ..extensions import db
 from ..store.overview import DAY, HOUR, Usage, UsageSeries, ceil_to, floor_to
-from ..validation import MAX_METADATA_PAIRS
 from . import bp
-from .views import Filters, inclusive_to_redirect, read_filters
+from .views import Filters, filter_form_context, inclusive_to_redirect, read_filters
 
 WEEK = 7 * DAY
 # More days than this are drawn per week (Monday to Sunday): a bar per day would be thinner than a pixel.
@@ -226,9 +225,7 @@ def overview() -> Any:
     return (
         render_template(
             "admin/overview.html",
-            filters=filters,
-            models=store.list_models(db.session),
-            max_pairs=MAX_METADATA_PAIRS,
+            **filter_form_context(filters),
             total=total,
             previous=previous,
             change=change,

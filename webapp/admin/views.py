@@ -156,6 +156,11 @@ def read_filters(values: MultiDict[str, str]) -> Filters:
     return Filters(model=model, texts=texts, typed=typed, filter=cleaned)
 
 
+def filter_form_context(filters: Filters) -> dict[str, Any]:
+    """Return what a page's filter form needs: the filter as typed, the models to pick from, the most metadata rows."""
+    return {"filters": filters, "models": store.list_models(db.session), "max_pairs": MAX_METADATA_PAIRS}
+
+
 def inclusive_to_redirect(values: MultiDict[str, str], *, endpoint: str = "admin.completion_list") -> BaseResponse | None:
     """Redirect a filter form's inclusive "to" date (``created_to``) to the URL's ``created_before``, the day after.
 
@@ -221,8 +226,7 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
     return (
         render_template(
             "admin/completion_list.html",
-            filters=filters,
-            models=store.list_models(db.session),
+            **filter_form_context(filters),
             page=page,
             count=count,
             count_cap=COUNT_CAP,
@@ -232,7 +236,6 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
             hidden_filter=filter_args(filters.filter) if filters.valid else {},
             # A completion opened from this page knows its place: its neighbours and the way back.
             nav_args=list_args(source, filters) if filters.valid else {},
-            max_pairs=MAX_METADATA_PAIRS,
         ),
         status,
     )
