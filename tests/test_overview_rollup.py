@@ -1,6 +1,6 @@
 """The overview's rollup never drifts: after every kind of write it equals a recount from the rows.
 
-Triggers keep ``completion_rollup`` (migration 0004), so whatever writes ``completions`` (the
+Triggers keep ``completion_rollup`` (migration 0005), so whatever writes ``completions`` (the
 store's create and upsert, the import command, a Core batch insert, the metadata update,
 delete, a physical DELETE as a purge does it) moves it in the same transaction.
 """

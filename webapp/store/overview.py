@@ -1,7 +1,7 @@
 """What the overview counts: completions and tokens per hour or day and per model, for a filter.
 
 A filter of model and time alone reads ``completion_rollup``, which database triggers keep
-in step with every write (migration 0004), so its cost follows the number of days and
+in step with every write (migration 0005), so its cost follows the number of days and
 models, not of completions. A filter on metadata or text counts the matching rows
 themselves (its cost follows the match count). Plain functions over a session; nothing
 here commits.

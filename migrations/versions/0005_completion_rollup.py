@@ -7,14 +7,14 @@ A completion counts while it is live (``deleted`` false): a delete (tombstone), 
 that changes its model, time or usage, a resurrection and a physical DELETE each move the
 counts from the old values to the new ones.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
