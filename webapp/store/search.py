@@ -85,6 +85,9 @@ def _call_texts(message: Mapping[str, Any]) -> Iterator[str]:
                     yield json.dumps(value, ensure_ascii=False)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def text_pieces(*, body: Mapping[str, Any] | None, messages: Iterable[Any] | None) -> list[str]:
     """Return the searchable texts of a completion as written (not folded), inputs first, then each reply."""
     pieces: list[str] = []
@@ -99,8 +102,8 @@ def text_pieces(*, body: Mapping[str, Any] | None, messages: Iterable[Any] | Non
             if isinstance(reply.get("refusal"), str):
                 pieces.append(reply["refusal"])
             pieces.extend(_call_texts(reply))
-    # Text columns cannot keep NUL, and no search term can hold one.
-    return [piece.replace("\x00", " ") for piece in pieces if piece]
+    # Text columns cannot keep NUL or a lone surrogate (not UTF-8), and no search term can hold either.
+    return [_UNSTORABLE.sub(" ", piece) for piece in pieces if piece]
 
 
 def _cjk_runs(folded: str) -> list[str]:
