@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g
 
-from .. import store, validation
+from .. import metrics, store, validation
 from ..errors import APIError, envelope
 from ..extensions import db, write_connection
 from ..upstream import (
@@ -102,6 +102,7 @@ def _save(
         return store.create_completion(
             connection, body=body, messages=create.forward["messages"], metadata=create.metadata, actor=actor
         )
+    metrics.completion_stored(stream=create.stream)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def _relay(events: EventStream, pending: PendingCreate) -> Iterator[bytes]:
     reservation: store.Reservation | None = None
     shown_id: str | None = None  # the id every chunk carries once one is reserved
     ended = False  # the client has had [DONE] or an error event
+    metrics.STREAMS_OPEN.inc()
     try:
         for raw in events:
             data = event_data(raw)
@@ -179,6 +181,7 @@ def _relay(events: EventStream, pending: PendingCreate) -> Iterator[bytes]:
         if not ended:
             yield sse_error_event(exc)
     finally:
+        metrics.STREAMS_OPEN.dec()
         events.close()
         _release(reservation, pending)
 
