@@ -95,14 +95,16 @@ def _save(
     body = store.build_completion_body(create.forward, completion, request_id)
     with write_connection() as connection:
         if reservation is not None:
-            return store.fill_reservation(
+            completion_id = store.fill_reservation(
                 connection, reservation=reservation, body=body, messages=create.forward["messages"],
                 metadata=create.metadata, actor=actor,
             )
-        return store.create_completion(
-            connection, body=body, messages=create.forward["messages"], metadata=create.metadata, actor=actor
-        )
+        else:
+            completion_id = store.create_completion(
+                connection, body=body, messages=create.forward["messages"], metadata=create.metadata, actor=actor
+            )
     metrics.completion_stored(stream=create.stream)
+    return completion_id
 
 
 @dataclass(frozen=True)
