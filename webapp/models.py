@@ -208,3 +208,20 @@ class UserSession(db.Model):
     # Moved forward as the browser is used (at most once a minute): a session idle for
     # SESSION_IDLE_TIMEOUT is over even inside its lifetime.
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CompletionRollup(db.Model):
+    """Live completions and their tokens per hour (``span`` 3600) and per day (86400), per model.
+
+    Database triggers on ``completions`` keep it (migration 0005): no Python code writes it.
+    ``start`` is the bucket's first second (unix time, UTC).
+    """
+
+    __tablename__ = "completion_rollup"
+
+    span: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    completions: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
