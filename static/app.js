@@ -3,7 +3,7 @@ document.addEventListener("DOMContentLoaded", function () {
   // "Select every completion on this page" for bulk labelling.
   document.querySelectorAll("[data-pick-all]").forEach(function (all) {
     var boxes = Array.prototype.slice.call(document.querySelectorAll('input[type="checkbox"][name="ids"]'));
-    all.hidden = false;
+    (all.closest(".js-only") || all).hidden = false;
     all.addEventListener("change", function () {
       boxes.forEach(function (box) { box.checked = all.checked; });
     });

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask.testing import FlaskClient
+from werkzeug.datastructures import MultiDict
 from werkzeug.test import TestResponse
 
 from webapp import store
@@ -81,11 +82,14 @@ class Admin:
         assert response.status_code == 200, (url, response.status_code)
         return response.get_data(as_text=True)
 
-    def post(self, url: str, data: Mapping[str, Any] | None = None, *, csrf: bool = True, **kwargs: Any) -> TestResponse:
-        """POST a form; ``csrf=False`` leaves the token out, as a forged cross-site form would."""
-        form = dict(data or {})
+    def post(
+        self, url: str, data: Mapping[str, Any] | list[tuple[str, str]] | None = None, *, csrf: bool = True, **kwargs: Any
+    ) -> TestResponse:
+        """POST a form (a mapping, or (name, value) pairs as a page's form sends them); ``csrf=False``
+        leaves the token out, as a forged cross-site form would."""
+        form = MultiDict(data) if isinstance(data, list) else MultiDict(dict(data or {}))
         if csrf:
-            form["csrf_token"] = self.token
+            form.setlist("csrf_token", [self.token])
         return self.client.post(url, data=form, **kwargs)
 
 
@@ -104,3 +108,26 @@ def detail_url(completion_id: str) -> str:
     from urllib.parse import quote
 
     return "/completions/" + quote(completion_id, safe="/")
+
+
+_FORM = re.compile(r"<form\b[^>]*>.*?</form>", re.S)
+_INPUT = re.compile(r"<input\b[^>]*>")
+_ATTR = re.compile(r'(\w[\w-]*)="([^"]*)"')
+
+
+def form_fields(page: str, action: str) -> list[tuple[str, str]]:
+    """Return the (name, value) pairs a browser would send from the page's form posting to ``action``:
+    hidden and text inputs, and checked boxes and radios (no button)."""
+    for form in _FORM.findall(page):
+        attrs = dict(_ATTR.findall(form[: form.index(">")]))
+        if html.unescape(attrs.get("action", "")) != action:
+            continue
+        pairs = []
+        for tag in _INPUT.findall(form):
+            field = {name: html.unescape(value) for name, value in _ATTR.findall(tag)}
+            kind = field.get("type", "text")
+            if "name" not in field or (kind in ("checkbox", "radio") and " checked" not in tag):
+                continue
+            pairs.append((field["name"], field.get("value", "")))
+        return pairs
+    raise AssertionError(f"no form posts to {action!r}")

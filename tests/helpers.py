@@ -220,3 +220,27 @@ def stop_server(server: LiveServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+FINE_TUNING_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def check_fine_tuning_line(line: dict[str, Any]) -> None:
+    """Assert that a ``chat`` export line has the shape of OpenAI's chat fine-tuning format:
+    ``messages`` (roles it knows; an assistant message with content, tool calls or a refusal;
+    a tool message answering a call), and ``tools``/``parallel_tool_calls`` of their types when present."""
+    assert set(line) <= {"messages", "tools", "parallel_tool_calls"}, line
+    assert isinstance(line["messages"], list) and line["messages"], line
+    for message in line["messages"]:
+        assert message["role"] in FINE_TUNING_ROLES, message
+        if message["role"] == "assistant":
+            assert any(message.get(name) is not None for name in ("content", "tool_calls", "refusal")), message
+            for call in message.get("tool_calls") or []:
+                assert call["type"] == "function" and isinstance(call["function"]["arguments"], str), call
+        if message["role"] == "tool":
+            assert isinstance(message["tool_call_id"], str), message
+    assert line["messages"][-1]["role"] == "assistant", "each example ends with the reply it teaches"
+    if "tools" in line:
+        assert all(tool["type"] == "function" and tool["function"]["name"] for tool in line["tools"]), line
+    if "parallel_tool_calls" in line:
+        assert isinstance(line["parallel_tool_calls"], bool)

@@ -18,8 +18,8 @@ from webapp.models import User, UserSession, utcnow
 from .admin_helpers import PASSWORD, USERNAME, Admin, csrf_token, sign_in, text
 from .helpers import TEST_SECRET_KEY, completion_body, seed
 
-PAGES = ["/", "/?model=gpt-a&metadata=team%3Dred", "/completions/c1", "/delete/c1", "/keys", "/export?format=chat"]
-FORMS = ["/completions/c1", "/delete/c1", "/bulk", "/history/1/restore", "/keys", "/keys/revoke", "/logout"]
+PAGES = ["/", "/?model=gpt-a&metadata=team%3Dred", "/completions/c1", "/delete/c1", "/keys", "/keys/revoke?name=ci", "/bulk-changes", "/export?format=chat"]
+FORMS = ["/completions/c1", "/delete/c1", "/bulk", "/bulk/apply", "/bulk-changes/1/undo", "/history/1/restore", "/keys", "/keys/revoke", "/logout"]
 
 
 @pytest.mark.parametrize("url", PAGES)

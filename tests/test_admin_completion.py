@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -70,7 +71,7 @@ def test_the_transcript_shows_each_message_by_role(admin: Admin, rich: dict) -> 
     readable = text(transcript)
     assert "You are a weather bot." in readable and "What is the weather here?" in readable
     assert "calls get_weather call_1" in readable and '"city": "Paris"' in readable, "tool calls, arguments indented"
-    assert "result of call_1" in readable and '"temp_c": 21' in readable
+    assert "result of get_weather call_1" in readable and '"temp_c": 21' in readable
     assert '<a class="url" href="https://example.com/sky.png" rel="noreferrer noopener">' in transcript
     assert "detail: low" in readable and "audio wav" in readable
 
@@ -85,7 +86,7 @@ def test_the_replies_usage_and_settings_are_shown(admin: Admin, rich: dict) -> N
     page = admin.page("/completions/rich")
     replies = text(page[page.index('id="reply-title"') : page.index('class="detail-side"')])
     assert "Replies" in replies
-    assert "assistant · reply 1 of 2 Sunny, 21 °C. Finish reason: stop" in replies
+    assert "assistant · reply 1 of 2 Sunny, 21 °C. Raw text Sunny, 21 °C. Finish reason: stop" in replies
     assert "assistant · reply 2 of 2 refusal I can't say. Finish reason: length" in replies
     usage = text(page[page.index('id="usage-title"') : page.index('id="settings-title"')])
     assert "prompt tokens 50" in usage and "total tokens 57" in usage and "completion tokens details · reasoning tokens 3" in usage
@@ -165,6 +166,38 @@ def test_add_row_and_remove_work_without_javascript_and_save_nothing(admin: Admi
     assert re.findall(r'id="rows-(\d+)-key"[^>]*value="([^"]*)"', page) == [("0", "b"), ("1", "c")]
     assert 'name="version" type="hidden" value="1"' in page
     assert metadata_of("c1") == {"a": "1", "b": "2"} and len(history_of("c1")) == 1
+    for response in (added, removed):
+        assert "Not saved yet: your changes are kept in the form until you press Save metadata." in element(
+            response.get_data(as_text=True), "unsaved"
+        )
+
+
+def test_removing_a_row_keeps_the_other_rows_unsaved_edits(admin: Admin) -> None:
+    seed(completion_body("c1", metadata={"a": "1", "b": "2", "c": "3"}))
+    page = admin.post("/completions/c1", metadata_form([("a", "edited"), ("b", "2"), ("c", "3"), ("new", "typed")], version=1, remove="1"))
+    rows = page.get_data(as_text=True)
+    assert re.findall(r'id="rows-(\d+)-key"[^>]*value="([^"]*)"', rows) == [("0", "a"), ("1", "c"), ("2", "new")]
+    assert re.search(r'id="rows-0-value"[^>]*>\s*edited</textarea>', rows)
+    assert re.search(r'id="rows-2-value"[^>]*>\s*typed</textarea>', rows)
+    assert metadata_of("c1") == {"a": "1", "b": "2", "c": "3"}
+
+
+def test_spaces_around_keys_are_dropped_and_a_padded_twin_is_a_duplicate(admin: Admin) -> None:
+    seed(completion_body("c1"))
+    assert admin.post("/completions/c1", metadata_form([(" team ", "red")], version=1, save="1")).status_code == 303
+    assert metadata_of("c1") == {"team": "red"}
+    response = admin.post("/completions/c1", metadata_form([("team", "red"), ("team ", "blue")], version=2, save="1"))
+    assert response.status_code == 400
+    assert "The key 'team' is already used in another row" in element(response.get_data(as_text=True), "rows-1-key-error")
+
+
+def test_values_are_textareas_and_line_breaks_survive_a_save(admin: Admin) -> None:
+    seed(completion_body("c1", metadata={"note": "line one\nline two"}))
+    page = admin.page("/completions/c1")
+    assert re.search(r'<textarea[^>]*id="rows-0-value"[^>]*>\s*line one\nline two</textarea>', page)
+    # Browsers send a textarea's line breaks as CRLF: the value keeps the LF it was shown with.
+    assert admin.post("/completions/c1", metadata_form({"note": "line one\r\nline two"}, version=1, save="1")).status_code == 303
+    assert metadata_of("c1") == {"note": "line one\nline two"}
 
 
 def test_add_row_stops_at_the_pair_limit(admin: Admin) -> None:
@@ -190,7 +223,7 @@ def test_the_form_refuses_bad_metadata_with_the_apis_message(admin: Admin, case:
     assert element(page, where) == message
     if where != "metadata-error":
         field = where.removesuffix("-error")
-        assert re.search(rf'<input[^>]*aria-describedby="{where}"[^>]*aria-invalid="true"[^>]*id="{field}"', page)
+        assert re.search(rf'<(?:input|textarea)[^>]*aria-describedby="{where}"[^>]*aria-invalid="true"[^>]*id="{field}"', page)
     assert metadata_of("c1") == {"keep": "me"}, "nothing saved"
 
 
@@ -214,7 +247,7 @@ def test_a_stale_edit_is_refused_showing_the_current_values(admin: Admin, auth: 
     assert "Not saved: someone changed this metadata after you loaded the page (API key test" in conflict
     assert "team blue" in conflict and "by api" in conflict
     assert metadata_of("c1") == {"team": "blue", "by": "api"}, "never silently overwritten"
-    assert re.search(r'id="rows-0-value"[^>]*value="green"', page), "the edit is kept in the form"
+    assert re.search(r'id="rows-0-value"[^>]*>\s*green</textarea>', page), "the edit is kept in the form"
     assert 'name="version" type="hidden" value="2"' in page
     # Saving the kept edit again is a deliberate overwrite of what is now current.
     assert admin.post("/completions/c1", metadata_form({"team": "green"}, version=2, save="1")).status_code == 303
@@ -297,3 +330,66 @@ def test_delete_asks_on_a_page_of_its_own_then_returns_to_the_list(admin: Admin,
     assert admin.get("/v1/chat/completions/c1", headers=auth).status_code == 404
     assert admin.get("/completions/c1").status_code == 404
     assert admin.post("/delete/c1").status_code == 404
+
+
+# --- Markdown, folding, tool results, direction ----------------------------------------
+
+MARKDOWN = """# Plan
+
+Some **bold** and `code`, a [link](https://example.com/docs).
+
+1. first
+2. second
+
+```python
+print("hi")
+```
+
+| name | value |
+| ---- | ----- |
+| a    | 1     |
+"""
+
+
+def test_replies_and_messages_render_as_markdown_with_the_raw_text_beside(admin: Admin) -> None:
+    seed(completion_body("md", content=MARKDOWN, messages=[{"role": "user", "content": MARKDOWN}]))
+    page = admin.page("/completions/md")
+    for html_snippet in (
+        '<h1 dir="auto">Plan</h1>',
+        "<strong>bold</strong>",
+        "<code>code</code>",
+        '<a href="https://example.com/docs" rel="noreferrer noopener nofollow">link</a>',
+        '<ol dir="auto">\n<li>first</li>',
+        '<span class="md-lang">python</span><pre class="code"><code>print(&#34;hi&#34;)',
+        '<div class="md-table"><table dir="auto">',
+        "<td>a</td>",
+    ):
+        assert page.count(html_snippet) == 2, html_snippet  # the message and the reply
+    raw = re.findall(r'<pre class="raw-text" dir="auto">(.*?)</pre>', page, re.S)
+    assert [html.unescape(r) for r in raw] == [MARKDOWN, MARKDOWN], "the raw view shows the exact text"
+
+
+def test_a_long_message_folds_past_a_screenful_but_the_reply_does_not(admin: Admin) -> None:
+    long = "\n".join(f"line {i}" for i in range(60))
+    seed(completion_body("long", content=long, messages=[{"role": "user", "content": long}, {"role": "user", "content": "short"}]))
+    page = admin.page("/completions/long")
+    assert page.count('<details class="fold">') == 1
+    assert "Show the whole message (60 lines)" in text(page)
+
+
+def test_a_tool_result_names_the_function_it_answers(admin: Admin) -> None:
+    seed(completion_body("tools", messages=[
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+        {"role": "tool", "tool_call_id": "call_unknown", "content": "?"},
+    ]))
+    page = admin.page("/completions/tools")
+    assert 'result of <code class="fn">get_weather</code> <span class="call-id">call_1</span>' in page
+    assert "result of <code>call_unknown</code>" in page
+
+
+def test_right_to_left_text_gets_its_direction(admin: Admin) -> None:
+    seed(completion_body("rtl", content="مرحبا بالعالم", messages=[{"role": "user", "content": "שלום עולם"}]))
+    page = admin.page("/completions/rtl")
+    assert '<p dir="auto">מרחבא' not in page and '<p dir="auto">שלום עולם</p>' in page and '<p dir="auto">مرحبا بالعالم</p>' in page

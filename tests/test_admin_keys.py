@@ -86,3 +86,36 @@ def test_revoke_ends_a_key(admin: Admin, client) -> None:
 def test_revoking_an_unknown_key_says_so(admin: Admin, name: str) -> None:
     admin.post("/keys/revoke", {"name": name})
     assert "No live API key named" in text(admin.page("/keys"))
+
+
+def test_revoke_asks_first_on_a_page_of_its_own(admin: Admin, client) -> None:
+    secret = make_key(name="ci")
+    keys = admin.page("/keys")
+    assert 'href="/keys/revoke?name=ci"' in keys and 'action="/keys/revoke"' not in keys, "the list only links to the question"
+    page = admin.page("/keys/revoke?name=ci")
+    assert element(page, "revoke-title") == "Revoke the API key 'ci'?"
+    assert "Every program using it gets 401 from then on." in text(page)
+    assert client.get("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}).status_code == 200, "nothing revoked yet"
+    assert admin.post("/keys/revoke", {"name": "ci"}).status_code == 303
+    assert client.get("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+@pytest.mark.parametrize("name", ["ghost", "", "nul\x00name"])
+def test_the_revoke_question_for_no_live_key_goes_back_to_the_list(admin: Admin, name: str) -> None:
+    response = admin.get("/keys/revoke", query_string={"name": name})
+    assert response.status_code == 302 and response.headers["Location"] == "/keys"
+    assert "No live API key named" in text(admin.page("/keys"))
+
+
+def test_a_revoked_keys_name_can_be_used_again(admin: Admin, client, runner) -> None:
+    old = make_key(name="ci")
+    admin.post("/keys/revoke", {"name": "ci"})
+    new = element(admin.post("/keys", {"name": "ci"}).get_data(as_text=True), "new-secret")
+    assert client.get("/v1/chat/completions", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert client.get("/v1/chat/completions", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+    # Still one live key per name, from every door.
+    assert "An API key named 'ci' exists already" in element(admin.post("/keys", {"name": "ci"}).get_data(as_text=True), "name-error")
+    assert runner.invoke(args=["keys", "create", "ci"]).exit_code != 0
+    assert runner.invoke(args=["keys", "revoke", "ci"]).exit_code == 0
+    assert runner.invoke(args=["keys", "create", "ci"]).exit_code == 0
+    assert [k.name for k in db.session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))] == ["ci"]

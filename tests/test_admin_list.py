@@ -1,4 +1,4 @@
-"""The admin list at ``/``: filters kept in the URL, keyset paging, bulk labelling and the export download."""
+"""The admin list at ``/``: filters kept in the URL, keyset paging and the export download (bulk changes: test_admin_bulk.py)."""
 
 from __future__ import annotations
 
@@ -102,14 +102,6 @@ def test_the_filter_messages_are_the_apis(admin: Admin, seeded: list) -> None:
     assert message in text(admin.get("/?metadata=" + "k" * 65 + "%3Dv").get_data(as_text=True))
 
 
-@pytest.fixture
-def many(app) -> list[str]:
-    """PAGE_SIZE * 2 + 7 completions, several sharing each second; returns the ids newest first."""
-    count = PAGE_SIZE * 2 + 7
-    seed(*(completion_body(f"m{i:03d}", created=1_700_000_000 + i // 4, metadata={"even": str(i % 2 == 0)}) for i in range(count)))
-    return [f"m{i:03d}" for i in reversed(range(count))]
-
-
 def walk(admin: Admin, url: str | None, rel: str) -> Iterator[tuple[str, list[str]]]:
     """Follow the pager's ``rel`` links from ``url``; yield each page's URL and ids."""
     while url:
@@ -162,85 +154,6 @@ def test_an_empty_store_says_how_to_fill_it(admin: Admin) -> None:
     assert "No completions are stored yet." in text(admin.page("/"))
 
 
-# --- Bulk labelling ---------------------------------------------------------------------
-
-
-def bulk(admin: Admin, **form: Any) -> Any:
-    return admin.post("/bulk", {"action": "set", "scope": "selected", "value": "", **form})
-
-
-def test_bulk_set_on_the_ticked_completions(admin: Admin, seeded: list) -> None:
-    response = bulk(admin, key="label", value="good", ids=["c1", "c4"], metadata=["team=red"], after="")
-    assert response.status_code == 303 and response.headers["Location"] == "/?metadata=team%3Dred"
-    assert "Set 'label' to 'good' on 2 completions." in text(admin.page("/"))
-    assert metadata_of("c1") == {"team": "red", "n": "1", "label": "good"}
-    assert metadata_of("c4")["label"] == "good" and "label" not in metadata_of("c2")
-    changes = db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all()
-    assert sorted(c.completion_id for c in changes) == ["c1", "c4"]
-    assert changes[0].before == {"team": "red", "n": "1"} or changes[0].before == {"team": "blue", "n": "4"}
-
-
-def test_bulk_remove_on_everything_the_filter_matches(admin: Admin, seeded: list) -> None:
-    response = bulk(admin, action="remove", key="n", scope="all", metadata=["team=blue"])
-    assert response.status_code == 303
-    assert "Removed 'n' from 3 completions." in text(admin.page("/"))
-    assert [metadata_of(f"c{i}") for i in range(6)] == [
-        {"team": "red", "n": "0"}, {"team": "red", "n": "1"}, {"team": "red", "n": "2"},
-        {"team": "blue"}, {"team": "blue"}, {"team": "blue"},
-    ]
-    assert db.session.scalar(select(MetadataChange).where(MetadataChange.completion_id == "c3", MetadataChange.actor == "user:ann")).after == {"team": "blue"}
-
-
-def test_bulk_reports_what_was_already_so(admin: Admin, seeded: list) -> None:
-    bulk(admin, key="team", value="red", scope="all")
-    assert "Set 'team' to 'red' on 3 completions; 3 had it already." in text(admin.page("/"))
-    assert db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all().__len__() == 3
-
-
-def test_bulk_on_every_match_pages_through_more_than_one_batch(admin: Admin, many: list[str]) -> None:
-    bulk(admin, key="batch", value="x", scope="all", metadata=["even=False"])
-    odd = [i for i in many if int(i[1:]) % 2]
-    assert all(metadata_of(i).get("batch") == "x" for i in odd)
-    assert not any("batch" in metadata_of(i) for i in many if int(i[1:]) % 2 == 0)
-    assert f"on {len(odd)} completions" in text(admin.page("/"))
-
-
-def test_bulk_never_breaks_the_pair_limit_and_says_so(admin: Admin, seeded: list) -> None:
-    seed(completion_body("full", created=1_600_000_000, metadata={f"k{i}": "v" for i in range(16)}))
-    bulk(admin, key="label", value="good", ids=["full", "c0"])
-    page = text(admin.page("/"))
-    assert "Set 'label' to 'good' on 1 completion." in page
-    assert "Left unchanged: full. Invalid 'metadata': too many properties." in page
-    assert metadata_of("full") == {f"k{i}": "v" for i in range(16)} and metadata_of("c0")["label"] == "good"
-
-
-def test_bulk_reports_completions_deleted_meanwhile(admin: Admin, seeded: list) -> None:
-    bulk(admin, key="label", value="x", ids=["c0", "gone"])
-    assert "Left unchanged: gone. Not found: deleted meanwhile, or never stored." in text(admin.page("/"))
-
-
-@pytest.mark.parametrize(
-    "form, field, message",
-    [
-        ({"key": "k" * 65, "value": "v"}, "key", "property name too long"),
-        ({"key": "topic", "value": "x" * 513}, "value", "Invalid 'metadata.topic': string too long."),
-        ({"key": "", "value": "v"}, "key", "Invalid 'metadata': keys must be non-empty strings."),
-        ({"key": "", "action": "remove"}, "key", "Invalid 'metadata': keys must be non-empty strings."),
-        ({"key": "label", "value": "v", "ids": []}, "scope", "Tick at least one completion"),
-    ],
-)
-def test_a_bad_bulk_change_is_refused_beside_its_field(admin: Admin, seeded: list, form: dict, field: str, message: str) -> None:
-    form = {"ids": ["c1"], **form}
-    response = bulk(admin, **form)
-    page = response.get_data(as_text=True)
-    assert response.status_code == 400
-    assert message in element(page, f"{field}-error")
-    assert "<details class=\"panel bulk\" open>" in page, "the bulk panel opens to show the error"
-    assert listed(page) == ["c5", "c4", "c3", "c2", "c1", "c0"]
-    assert ('name="ids" value="c1" id="pick-5" checked' in page) == bool(form["ids"]), "ticks are kept"
-    assert not db.session.scalars(select(MetadataChange).where(MetadataChange.actor == "user:ann")).all()
-
-
 # --- Export -----------------------------------------------------------------------------
 
 
@@ -259,6 +172,17 @@ def test_export_downloads_the_filtered_completions_in_store_format(admin: Admin,
 def test_export_in_chat_format(admin: Admin, seeded: list) -> None:
     records = lines(admin.get("/export?format=chat&metadata=n%3D4"))
     assert records == [{"messages": [*seeded[4]["messages"], {"role": "assistant", "content": "Reply number 4"}]}]
+
+
+def test_the_download_can_leave_out_replies_cut_off_by_the_length_limit(admin: Admin, seeded: list) -> None:
+    cut = completion_body("cut", created=1_700_000_010, content="It all began when")
+    cut["choices"][0]["finish_reason"] = "length"
+    seed(cut)
+    assert "cut" in [r["id"] for r in lines(admin.get("/export?format=store"))]
+    assert [r["messages"][-1]["content"] for r in lines(admin.get("/export?format=chat&skip_truncated=1"))] == [
+        f"Reply number {i}" for i in range(6)
+    ]
+    assert 'name="skip_truncated" value="1"' in admin.page("/")
 
 
 def test_export_of_everything(admin: Admin, seeded: list) -> None:
@@ -353,6 +277,42 @@ def test_downloads_and_bulk_changes_take_the_whole_filter(admin: Admin, searchab
     form = page[page.index('action="/export"') : page.index("</form>", page.index('action="/export"'))]
     assert 'name="search" value="refund"' in form and 'name="created_before" value="1700100001"' in form
     assert [r["id"] for r in lines(admin.get(f"/export?{query}"))] == ["s-refund"]
-    response = bulk(admin, key="label", value="refunds", scope="all", search="refund", created_before="1700100001")
-    assert response.status_code == 303 and "search=refund" in response.headers["Location"]
-    assert metadata_of("s-refund")["label"] == "refunds" and "label" not in metadata_of("s-ticket")
+
+
+# --- Getting around: a completion opened from the list knows its place -------------------
+
+
+def test_a_row_opens_its_completion_with_the_lists_filter_and_cursor(admin: Admin, seeded: list) -> None:
+    page = admin.page("/?metadata=team+%3D+blue&after=c5")  # spaces around the parts are dropped
+    assert 'href="/completions/c4?metadata=team%3Dblue&amp;after=c5"' in page
+
+
+def test_previous_and_next_stay_within_the_filter_and_order(admin: Admin, seeded: list) -> None:
+    detail = admin.page("/completions/c4?metadata=team%3Dblue&after=c5")
+    assert link(detail, "prev") == "/completions/c5?metadata=team%3Dblue&after=c5"
+    assert link(detail, "next") == "/completions/c3?metadata=team%3Dblue&after=c5"
+    last = admin.page("/completions/c3?metadata=team%3Dblue&after=c5")
+    assert link(last, "next") is None, "c2 is not in the filter"
+    assert 'id="back-to-list" href="/?metadata=team%3Dblue&amp;after=c5"' in last, "back to the same list page"
+    everything = admin.page("/completions/c3")
+    assert (link(everything, "prev"), link(everything, "next")) == ("/completions/c4", "/completions/c2")
+
+
+def test_saving_and_deleting_keep_the_place_in_the_list(admin: Admin, seeded: list) -> None:
+    from .admin_helpers import metadata_form
+
+    saved = admin.post("/completions/c4?model=gpt-b&after=c5", metadata_form({"team": "blue"}, version=1, save="1"))
+    assert saved.status_code == 303 and saved.headers["Location"] == "/completions/c4?model=gpt-b&after=c5"
+    confirm = admin.page("/delete/c4?model=gpt-b&after=c5")
+    assert 'href="/?model=gpt-b&amp;after=c5"' in confirm
+    deleted = admin.post("/delete/c4?model=gpt-b&after=c5")
+    assert deleted.headers["Location"] == "/?model=gpt-b&after=c5"
+
+
+def test_a_long_metadata_value_is_cut_in_the_list_and_whole_on_hover_and_on_its_page(admin: Admin) -> None:
+    value = "v" * 200 + " end"
+    seed(completion_body("long", metadata={"note": value, "k" * 64: "short"}))
+    page = admin.page("/")
+    assert f'<span class="pair-value" title="{value}">' in page
+    assert value not in text(page) and "vvvv…" in text(page)
+    assert value in text(admin.page("/completions/long")), "whole on the completion's page"

@@ -89,3 +89,42 @@ def assert_inert(page: str) -> None:
 )
 def test_hostile_text_is_inert_everywhere(admin: Admin, hostile: dict, url: str) -> None:
     assert_inert(admin.page(url))
+
+
+MARKDOWN_PAYLOADS = [
+    "<script>alert(4)</script>",
+    "[click](javascript:alert(5))",
+    "[click](JaVaScRiPt:alert(6))",
+    "[click](vbscript:msgbox(7))",
+    "[click](data:text/html;base64,PHNjcmlwdD5hbGVydCg4KTwvc2NyaXB0Pg==)",
+    "![x](x onerror=alert(9))",
+    '![x](https://evil.example/x.png "t") and <img src=x onerror=alert(1)>',
+    "[a]: javascript:alert(10)\n\n[ref][a]",
+    "<a href=\"javascript:alert(11)\">raw</a>",
+    "```html\n<script>alert(12)</script>\n```",
+    "| <b onmouseover=alert(13)>x</b> |\n|---|\n| y |",
+]
+
+
+@pytest.mark.parametrize("payload", MARKDOWN_PAYLOADS)
+def test_markdown_borne_payloads_are_inert(admin: Admin, payload: str) -> None:
+    seed(completion_body("md", content=payload + "\n\n" + PAYLOAD, messages=[{"role": "user", "content": payload + "\n\n" + PAYLOAD}]))
+    page = admin.page("/completions/md")
+    assert_inert(page)
+    for tag, attrs in Elements(page).found:
+        for name in ("href", "src"):
+            value = (attrs.get(name) or "").strip().lower()
+            assert not value.startswith(("vbscript:", "data:text", "https://evil")) or (tag == "a" and value.startswith("https://evil")), attrs
+        assert tag != "img" or (attrs.get("src") or "").startswith(("/static/", "data:image/")), "no image is fetched from elsewhere"
+
+
+def test_the_bulk_changes_and_revoke_pages_show_hostile_text_as_text(admin: Admin, hostile: dict) -> None:
+    from webapp import store
+    from webapp.extensions import write_transaction
+
+    store.run_bulk_change(
+        write_transaction, selection=store.Selection(ids=(HOSTILE_ID, f"gone {PAYLOAD}")), action="set",
+        key=f"k{PAYLOAD}"[:64], value=PAYLOAD, actor=f"user:{PAYLOAD}", scope=f"scope {PAYLOAD}", requested=1,
+    )
+    assert_inert(admin.page("/bulk-changes"))
+    assert_inert(admin.page(f"/keys/revoke?name={quote('key ' + PAYLOAD)}"))

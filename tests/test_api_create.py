@@ -127,6 +127,14 @@ def test_store_true_keeps_the_answer_with_its_request(sdk: openai.OpenAI, upstre
     }
 
 
+def test_parallel_tool_calls_is_kept_when_set_for_the_fine_tuning_export(sdk: openai.OpenAI, upstream: UpstreamDouble) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    kept = create(sdk, store=True, tools=tools, parallel_tool_calls=False)
+    unset = create(sdk, store=True, tools=tools)
+    assert sdk.chat.completions.retrieve(kept.id).to_dict()["parallel_tool_calls"] is False
+    assert "parallel_tool_calls" not in sdk.chat.completions.retrieve(unset.id).to_dict()
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("store", [False, openai.NOT_GIVEN], ids=["store-false", "store-absent"])
 def test_without_store_nothing_is_kept(sdk: openai.OpenAI, upstream: UpstreamDouble, store: Any, stream: bool) -> None:

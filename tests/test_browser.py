@@ -126,7 +126,7 @@ def test_sign_in_filter_by_metadata_and_open_a_completion(tab: Tab) -> None:
     assert listed(tab) == ["c3", "c1"]
     tab.page.get_by_role("link", name="c3", exact=True).click()
     expect(tab.page.get_by_role("heading", level=1)).to_have_text("c3")
-    expect(tab.page.get_by_text("Say hello (c3)")).to_be_visible()
+    expect(tab.page.get_by_text("Say hello (c3)").first).to_be_visible()
 
 
 def test_search_a_date_range_count_excerpt_and_paging(tab: Tab) -> None:
@@ -190,7 +190,7 @@ def test_enter_in_a_field_saves(tab: Tab) -> None:
     seed(completion_body("c1", metadata={"team": "red"}))
     tab.goto("/completions/c1")
     tab.page.get_by_label("Value 1").fill("green")
-    tab.page.get_by_label("Value 1").press("Enter")
+    tab.page.get_by_label("Key 1").press("Enter")  # a value is a textarea, where Enter is a line break
     expect(tab.page.get_by_text("Saved the metadata (1 pair).")).to_be_visible()
     assert metadata_of("c1") == {"team": "green"}
 
@@ -267,7 +267,7 @@ def showcase() -> None:
         "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
         created=1_732_550_000,
         model="gpt-4o-2024-08-06",
-        content="It's 21 °C and sunny in Paris right now: a light jacket is plenty.",
+        content="It's **21 °C** and sunny in Paris right now:\n\n- a light jacket is plenty\n- no umbrella needed\n\n| time | sky |\n| --- | --- |\n| 12:00 | clear |\n| 18:00 | clear |",
         metadata={"team": "travel", "label": "good", "reviewer": "ann"},
         messages=[
             {"role": "system", "content": "You are a concise travel assistant. Use the tools when you need live data."},
@@ -309,3 +309,200 @@ def test_the_pages_fit_the_screen(chromium: Any, server: LiveServer, tmp_path: P
             overflow = tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {viewport['width']}px"
             tab.page.screenshot(path=str(folder / f"admin-{name}-{size}.png"), full_page=size == "phone" or name == "detail")
+
+
+# --- The review workbench: bulk changes, undo, Markdown, navigation, layout ---------------
+
+
+def no_sideways_scroll(tab: Tab) -> int:
+    return tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+
+
+def overflowing(tab: Tab) -> list[str]:
+    """Return the elements that reach past the right edge of the window (to say what pushes a page sideways)."""
+    return tab.page.evaluate(
+        """() => Array.from(document.querySelectorAll('body *')).filter(el => el.getBoundingClientRect().right > window.innerWidth + 0.5)
+             .slice(-6).map(el => el.tagName + '.' + el.className + ' ' + Math.round(el.getBoundingClientRect().right))"""
+    )
+
+
+def test_a_typed_but_unapplied_filter_never_widens_or_changes_a_bulk_change(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(*(completion_body(f"c{i}", created=1_700_000_000 + i, metadata={"team": "red" if i % 2 else "blue"}) for i in range(5)))
+    page = tab.page
+    tab.goto("/?metadata=team%3Dblue")
+    assert listed(tab) == ["c4", "c2", "c0"]
+    page.get_by_label("Metadata filter 1").fill("team=red")  # typed, never applied
+    page.locator("#bulk summary").click()
+    page.get_by_label("Key", exact=True).fill("label")
+    page.get_by_label("Value", exact=True).fill("checked")
+    page.get_by_label("Every completion matching the filter").check()
+    page.get_by_role("button", name="Review the change…").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Change 3 completions?")
+    expect(page.locator("#bulk-scope")).to_have_text("every completion matching team=blue")
+    assert all("label" not in metadata_of(f"c{i}") for i in range(5)), "nothing is written before confirming"
+    page.get_by_role("button", name="Apply to 3 completions").click()
+    expect(page.get_by_text("Set 'label' to 'checked' on 3 completions.")).to_be_visible()
+    expect(page).to_have_url(tab.base + "/?metadata=team%3Dblue")
+    assert [metadata_of(f"c{i}").get("label") for i in range(5)] == ["checked", None, "checked", None, "checked"]
+
+
+def test_undo_of_a_bulk_change_leaves_one_changed_since_alone_and_names_it(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(*(completion_body(f"c{i}", created=1_700_000_000 + i, metadata={"team": "red"}) for i in range(3)))
+    page = tab.page
+    tab.goto("/")
+    for cid in ("c0", "c1", "c2"):
+        page.get_by_label(f"Select {cid}").check()
+    page.locator("#bulk summary").click()
+    page.get_by_label("Key", exact=True).fill("team")
+    page.get_by_label("Value", exact=True).fill("green")
+    page.get_by_role("button", name="Review the change…").click()
+    page.get_by_role("button", name="Apply to 3 completions").click()
+    expect(page.get_by_text("Set 'team' to 'green' on 3 completions.")).to_be_visible()
+    with write_transaction() as session:  # a colleague relabels c1 meanwhile
+        store.update_metadata(session, completion_id="c1", metadata={"team": "purple"}, actor="user:bob")
+    page.get_by_role("button", name="Undo this bulk change").click()
+    expect(page.get_by_text("Undid bulk change #1: 2 completions put back as before it.")).to_be_visible()
+    expect(page.get_by_text("Left unchanged: c1. Changed again since the bulk change by user:bob")).to_be_visible()
+    assert [metadata_of(f"c{i}")["team"] for i in range(3)] == ["red", "purple", "red"]
+    tab.goto("/bulk-changes")
+    expect(page.locator("#batch-1")).to_contain_text("undone by #2")
+    expect(page.locator("#batch-2")).to_contain_text("Undo of #1")
+
+
+MARKDOWN_REPLY = """## Steps
+
+1. Open **Settings**
+2. Run `make test`
+
+```python
+print("<b>not bold</b>")
+```
+
+| col | val |
+| --- | --- |
+| a   | 1   |
+
+<script>alert(1)</script> [click me](javascript:alert(2)) ![x](x onerror=alert(3)) <img src=x onerror=alert(4)>
+"""
+
+
+def test_markdown_is_rendered_and_its_payloads_stay_inert(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(completion_body("md", content=MARKDOWN_REPLY, messages=[{"role": "user", "content": "שלום, **how** do I test?"}]))
+    page = tab.page
+    tab.goto("/completions/md")
+    reply = page.locator(".choice .md")
+    expect(reply.get_by_role("heading", name="Steps")).to_be_visible()
+    expect(reply.locator("ol li")).to_have_count(2)
+    expect(reply.locator("table td").first).to_have_text("a")
+    code = reply.locator("pre.code code")
+    expect(code).to_have_text('print("<b>not bold</b>")\n')
+    assert "mono" in code.evaluate("el => getComputedStyle(el).fontFamily").lower() or "courier" in code.evaluate("el => getComputedStyle(el).fontFamily").lower()
+    expect(reply.get_by_text("<script>alert(1)</script>", exact=False)).to_be_visible()
+    assert page.locator('a[href^="javascript"]').count() == 0 and page.locator('img[src="x"]').count() == 0
+    expect(page.locator(".transcript .md p").first).to_have_attribute("dir", "auto")
+    page.locator(".choice details.raw summary").click()
+    expect(page.locator(".choice .raw-text")).to_have_text(MARKDOWN_REPLY)
+
+
+def test_previous_and_next_within_a_filter_and_back_to_the_same_list_page(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    seed(*(completion_body(f"c{i}", created=1_700_000_000 + i, metadata={"team": "red" if i % 2 else "blue"}) for i in range(6)))
+    page = tab.page
+    tab.goto("/?metadata=team%3Dred")
+    page.get_by_role("link", name="c5", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("c5")
+    page.get_by_role("link", name="Next (older) →").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("c3")
+    page.get_by_role("link", name="Next (older) →").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("c1")
+    expect(page.get_by_role("link", name="Next (older) →")).to_have_count(0)
+    page.get_by_role("link", name="← Previous (newer)").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("c3")
+    page.get_by_role("link", name="Back to the list").click()
+    expect(page).to_have_url(tab.base + "/?metadata=team%3Dred")
+    assert listed(tab) == ["c5", "c3", "c1"]
+
+
+def test_a_512_character_value_leaves_the_reply_column_readable(tab: Tab) -> None:
+    seed(
+        completion_body("wide", metadata={"note": "x" * 512, "k" * 64: "y" * 512}, content="A reply of a normal length that should stay readable."),
+        completion_body("plain", created=1_700_000_001),
+    )
+    tab.goto("/")
+    widths = tab.page.evaluate(
+        "() => Array.from(document.querySelectorAll('table.completions td[data-label=\"Reply\"]')).map(td => td.getBoundingClientRect().width)"
+    )
+    assert min(widths) >= 180, f"the reply column is {min(widths)} px wide"
+    row_height = tab.page.locator("table.completions tbody tr").first.evaluate("tr => tr.getBoundingClientRect().height")
+    assert row_height < 200, f"the row is {row_height} px tall"
+    assert tab.page.locator('.pair-value[title="' + "x" * 512 + '"]').count() == 1, "the whole value on hover"
+    assert no_sideways_scroll(tab) <= 0
+
+
+def hard_cases() -> None:
+    """Completions with everything that tends to push a narrow page sideways."""
+    seed(completion_body(
+        "chatcmpl-" + "averyveryverylongidentifierwithoutanybreaks" * 2,
+        model="a-model-name-that-is-long-2024-08-06-preview",
+        metadata={"note": "x" * 512, "k" * 64: "y" * 100},
+        content="| a | b | c | d | e | f |\n|---|---|---|---|---|---|\n| " + " | ".join(["averylongcellwithoutspaces"] * 6) + " |\n\n```\n" + "z" * 300 + "\n```\n\nhttps://example.com/" + "p" * 200,
+        messages=[{"role": "user", "content": "u" * 400}],
+    ))
+
+
+@pytest.mark.parametrize("width", [320, 390])
+def test_no_page_scrolls_sideways_on_a_phone(chromium: Any, server: LiveServer, width: int) -> None:
+    from playwright.sync_api import expect
+
+    hard_cases()
+    with open_tab(chromium, server, viewport={"width": width, "height": 740}) as tab:
+        tab.sign_in()
+        for path in ("/", "/completions/chatcmpl-" + "averyveryverylongidentifierwithoutanybreaks" * 2, "/bulk-changes", "/keys"):
+            tab.goto(path)
+            expect(tab.page.locator("main h1")).to_be_visible()
+            assert no_sideways_scroll(tab) <= 0, f"{path} scrolls sideways at {width}px: {overflowing(tab)}"
+
+
+def test_select_all_on_this_page_works_on_a_phone_and_the_bulk_bar_is_in_reach(chromium: Any, server: LiveServer) -> None:
+    from playwright.sync_api import expect
+
+    seed(*(completion_body(f"c{i:02d}", created=1_700_000_000 + i) for i in range(20)))
+    with open_tab(chromium, server, viewport={"width": 390, "height": 740}, has_touch=True, is_mobile=True) as tab:
+        tab.sign_in()
+        picker = tab.page.get_by_label("Select all on this page")
+        expect(picker).to_be_visible()
+        picker.tap()
+        assert tab.page.locator('input[name="ids"]:checked').count() == 20
+        bar = tab.page.locator(".bulk-bar")
+        box = bar.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 740 + 1, "the bulk bar sits in the screen while rows are below"
+        bar.locator("summary").tap()
+        tab.page.get_by_label("Key", exact=True).fill("seen")
+        tab.page.get_by_label("Value", exact=True).fill("yes")
+        tab.page.get_by_role("button", name="Review the change…").tap()
+        expect(tab.page.get_by_role("heading", level=1)).to_have_text("Change 20 completions?")
+
+
+def test_revoking_a_key_asks_first(tab: Tab) -> None:
+    from playwright.sync_api import expect
+
+    from .helpers import make_key
+
+    make_key(name="ci")
+    page = tab.page
+    tab.goto("/keys")
+    page.get_by_role("link", name="Revoke… ci").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Revoke the API key 'ci'?")
+    page.get_by_role("link", name="Cancel").click()
+    expect(page.locator("tr", has_text="ci")).not_to_contain_text("revoked")
+    page.get_by_role("link", name="Revoke… ci").click()
+    page.get_by_role("button", name="Revoke the key").click()
+    expect(page.get_by_text("Revoked API key 'ci'")).to_be_visible()
+    expect(page.locator("tr", has_text="ci")).to_contain_text("revoked")

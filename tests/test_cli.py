@@ -16,7 +16,7 @@ from webapp.extensions import db
 from webapp.models import ApiKey, Completion, MetadataChange, User
 
 from .cases import BAD_IDS, SEARCH_SECOND
-from .helpers import completion_body, seed
+from .helpers import check_fine_tuning_line, completion_body, seed
 
 
 def last_line(result: Result) -> str:
@@ -189,6 +189,51 @@ def test_export_chat_format_is_fine_tuning_ready(runner, app) -> None:
             {"role": "assistant", "content": "Hi there", "tool_calls": record["choices"][0]["message"]["tool_calls"]},
         ]
     }
+    check_fine_tuning_line(json.loads(lines[0]))
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def fine_tuning_cases() -> list[dict]:
+    """A tool call (with the tools it was given, parallel calls off), a refusal, and a reply cut off by the length limit."""
+    calls = completion_body("calls", created=1_700_000_001, content="")
+    calls["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+    ]}
+    calls["choices"][0]["finish_reason"] = "tool_calls"
+    calls["tools"], calls["parallel_tool_calls"] = TOOLS, False
+    refused = completion_body("refused", created=1_700_000_002)
+    refused["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    cut = completion_body("cut", created=1_700_000_003, content="It all began when")
+    cut["choices"][0]["finish_reason"] = "length"
+    return [calls, refused, cut]
+
+
+def test_export_chat_format_keeps_tools_tool_calls_and_refusals(runner, app) -> None:
+    seed(*fine_tuning_cases())
+    lines = [json.loads(line) for line in runner.invoke(args=["export", "--format", "chat"]).output.splitlines()]
+    for line in lines:
+        check_fine_tuning_line(line)
+    calls, refused, cut = lines
+    assert calls["tools"] == TOOLS and calls["parallel_tool_calls"] is False
+    assert calls["messages"][-1] == {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+    ]}
+    assert refused["messages"][-1] == {"role": "assistant", "refusal": "I can't help with that."}
+    assert "tools" not in refused and "parallel_tool_calls" not in refused
+    assert cut["messages"][-1] == {"role": "assistant", "content": "It all began when"}
+
+
+@pytest.mark.parametrize("fmt", ["chat", "store"])
+def test_export_can_leave_out_replies_cut_off_by_the_length_limit(runner, app, fmt: str, tmp_path: Path) -> None:
+    seed(*fine_tuning_cases())
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(args=["export", "--format", fmt, "--skip-truncated", "-o", str(out)])
+    assert result.exit_code == 0 and "Exported 2 completions" in result.output
+    assert len(out.read_text().splitlines()) == 2
+    assert "It all began when" not in out.read_text()
+    assert "--skip-truncated" in runner.invoke(args=["export", "--help"]).output, "documented"
 
 
 def test_export_streams_in_batches(app, monkeypatch: pytest.MonkeyPatch) -> None:

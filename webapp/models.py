@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -106,11 +107,45 @@ class MetadataPairCount(db.Model):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class BulkChange(db.Model):
+    """One bulk change made in the admin UI (set or remove a key, delete, or undo another one).
+
+    Its metadata changes carry its id (``MetadataChange.batch_id``), so the whole batch can
+    be read back and undone. The counts grow as its short transactions commit;
+    ``finished_at`` is set when the last one has.
+    """
+
+    __tablename__ = "bulk_changes"
+    __table_args__ = (Index("ix_bulk_changes_undoes", "undoes_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "set", "remove", "delete" or "undo".
+    action: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str | None] = mapped_column(String(64))
+    value: Mapped[str | None] = mapped_column(String(512))
+    # What it acted on, as people read it: "3 ticked completions", "model gpt-4o, team=red".
+    scope: Mapped[str] = mapped_column(Text)
+    # How many completions the confirmation page named.
+    requested: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    # Completions left alone, with the reason: [[id, reason], ...] (the first MAX_NAMED of them).
+    refused: Mapped[list[Any]] = mapped_column(Json, default=list)
+    refused_count: Mapped[int] = mapped_column(Integer, default=0)
+    undoes_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("bulk_changes.id"))
+
+
 class MetadataChange(db.Model):
     """A record of one change to a completion's metadata: who, when, before and after."""
 
     __tablename__ = "metadata_changes"
-    __table_args__ = (Index("ix_metadata_changes_completion", "completion_id", "id"),)
+    __table_args__ = (
+        Index("ix_metadata_changes_completion", "completion_id", "id"),
+        Index("ix_metadata_changes_batch", "batch_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     completion_id: Mapped[str] = mapped_column(String(255))
@@ -118,6 +153,8 @@ class MetadataChange(db.Model):
     actor: Mapped[str] = mapped_column(String(200))
     before: Mapped[dict[str, str]] = mapped_column(Json)
     after: Mapped[dict[str, str]] = mapped_column(Json)
+    # The bulk change this was part of, if any.
+    batch_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("bulk_changes.id"))
 
 
 class SyncSource(db.Model):
@@ -142,9 +179,19 @@ class ApiKey(db.Model):
     """A bearer key for ``/v1``; only the SHA-256 of its secret is kept."""
 
     __tablename__ = "api_keys"
+    # A name is unique among live keys only: a revoked key's name can be given to a new one.
+    __table_args__ = (
+        Index(
+            "ux_api_keys_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     read_only: Mapped[bool] = mapped_column(Boolean, default=False)

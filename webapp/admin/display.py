@@ -7,12 +7,14 @@ message or metadata value holding HTML is shown as the characters it is.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint
 
 from ..store import search
+from .markdown import render_markdown
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 INLINE_IMAGE_TYPES = ("data:image/png;", "data:image/jpeg;", "data:image/gif;", "data:image/webp;")
@@ -145,6 +147,51 @@ def search_excerpt(row: Any, terms: tuple[str, ...]) -> search.Excerpt | None:
     return search.excerpt(search.text_pieces(body=row.body, messages=row.messages), terms)
 
 
+def describe_filter(selection: Any) -> str:
+    """Return a cleaned filter in words ("model gpt-4o, team=red"), whatever fields it has; "no filter" when empty."""
+    parts: list[str] = []
+    for item in fields(selection):
+        value = getattr(selection, item.name)
+        if value is None or value == "" or value == () or value == [] or value == {}:
+            continue
+        if isinstance(value, dict):
+            parts.extend(f"{key}={text}" for key, text in value.items())
+        elif item.name.startswith("created_") and isinstance(value, int):
+            parts.append(f"{item.name.replace('_', ' ')} {exact_time(value)}")
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{item.name} '{' '.join(map(str, value))}'")
+        else:
+            parts.append(f"{item.name} {value}")
+    return ", ".join(parts) if parts else "no filter (every stored completion)"
+
+
+# Past this many lines or characters a transcript message folds (about a screenful).
+FOLD_LINES = 30
+FOLD_CHARACTERS = 2500
+
+
+def is_long_text(text: Any) -> bool:
+    """Return whether message text runs past a screenful (and so folds in a transcript)."""
+    return isinstance(text, str) and (len(text) > FOLD_CHARACTERS or text.count("\n") >= FOLD_LINES)
+
+
+def line_count(text: str) -> int:
+    """Return how many lines a text has."""
+    return text.count("\n") + 1
+
+
+def tool_names(messages: Any) -> dict[str, str]:
+    """Return, for each tool call the messages make, its id and the function it calls (so a result can name it)."""
+    names: dict[str, str] = {}
+    for message in messages if isinstance(messages, list) else []:
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(call.get("id"), str) and isinstance(function, dict) and isinstance(function.get("name"), str):
+                names[call["id"]] = function["name"]
+    return names
+
+
 def register(bp: Blueprint) -> None:
     """Make every function above a template filter or test of the app."""
     for name, function in {
@@ -159,7 +206,14 @@ def register(bp: Blueprint) -> None:
         "actor_label": actor_label,
         "metadata_diff": metadata_diff,
         "search_excerpt": search_excerpt,
+
+
+        "describe_filter": describe_filter,
+        "line_count": line_count,
+        "tool_names": tool_names,
+        "markdown": render_markdown,
     }.items():
         bp.add_app_template_filter(function, name)
     bp.add_app_template_test(is_inline_image, "inline_image")
     bp.add_app_template_test(is_web_url, "web_url")
+    bp.add_app_template_test(is_long_text, "long_text")

@@ -11,7 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, Field, FieldList, Form, FormField, HiddenField, PasswordField, RadioField, StringField
+from wtforms import (
+    BooleanField,
+    Field,
+    FieldList,
+    Form,
+    FormField,
+    HiddenField,
+    PasswordField,
+    RadioField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import AnyOf, InputRequired
 
 from .. import validation
@@ -48,6 +59,11 @@ def attach_error(form: Form, exc: ValidationError, holders: Mapping[str, Form] |
     field.errors = [*field.errors, exc.message]
 
 
+def textarea_text(value: str | None) -> str:
+    """Return a textarea's text with the browser's CRLF line breaks back to the LF the value was shown with."""
+    return (value or "").replace("\r\n", "\n")
+
+
 class LoginForm(FlaskForm):
     """Sign in with a username and a password."""
 
@@ -65,7 +81,8 @@ class MetadataRowForm(Form):
     """One key/value row of the metadata editor (a sub-form: the outer form carries the CSRF token)."""
 
     key = StringField("Key", render_kw={"autocomplete": "off", "spellcheck": "false", "placeholder": "key"})
-    value = StringField("Value", render_kw={"autocomplete": "off", "placeholder": "value"})
+    # A value may be up to 512 characters: a textarea that grows with its text (CSS field-sizing).
+    value = TextAreaField("Value", render_kw={"autocomplete": "off", "placeholder": "value", "rows": 1})
 
 
 class MetadataForm(FlaskForm):
@@ -90,7 +107,7 @@ class MetadataForm(FlaskForm):
 
     def pairs(self) -> list[tuple[str, str]]:
         """Return the rows as sent, in order, empty ones included."""
-        return [(entry.form.key.data or "", entry.form.value.data or "") for entry in self.rows]
+        return [(entry.form.key.data or "", textarea_text(entry.form.value.data)) for entry in self.rows]
 
     def with_row_added(self) -> MetadataForm:
         """Return the same form with one more empty row (none beyond the most a map may hold)."""
@@ -114,7 +131,9 @@ class MetadataForm(FlaskForm):
         holders: dict[str, Form] = {}
         for entry in self.rows:
             row = entry.form
-            key, value = row.key.data or "", row.value.data or ""
+            # "team " beside "team" is never meant as a second key: strip, then the duplicate check sees it.
+            key, value = (row.key.data or "").strip(), textarea_text(row.value.data)
+            row.key.data = key
             if not key and not value:
                 continue
             if key in holders:
@@ -132,9 +151,17 @@ class MetadataForm(FlaskForm):
 
 
 class BulkForm(FlaskForm):
-    """Set or remove one metadata key on the ticked completions, or on every one the filter matches."""
+    """A bulk change: set or remove one metadata key, or delete, on the ticked completions or on
+    every completion the filter the page was loaded with matches (carried in hidden fields).
 
-    action = RadioField("Change", choices={"set": "Set the key to the value", "remove": "Remove the key"}, default="set")
+    ``upto`` is set by the confirmation page: the change acts on the completions it counted.
+    """
+
+    action = RadioField(
+        "Change",
+        choices={"set": "Set the key to the value", "remove": "Remove the key", "delete": "Delete the completions"},
+        default="set",
+    )
     key = StringField("Key", render_kw={"autocomplete": "off", "spellcheck": "false"})
     value = StringField("Value", render_kw={"autocomplete": "off"})
     scope = RadioField(
@@ -143,17 +170,21 @@ class BulkForm(FlaskForm):
         default="selected",
     )
     ids = MultiValueField()
+    upto = HiddenField()
 
-    # The cleaned change once validate() has passed: the key, and its value (None removes it).
-    change: tuple[str, str | None] | None = None
+    # The cleaned change once validate() has passed: the key, and its value (None removes it; both None: delete).
+    change: tuple[str | None, str | None] | None = None
 
     def validate(self, extra_validators: Any = None) -> bool:
         """Check the key (and value) by the metadata rules, and that something is chosen."""
         if not super().validate(extra_validators):
             return False
-        key = self.key.data or ""
+        # Spaces around a key are never meant (a form-only convenience: the API keeps OpenAI's rules).
+        key = self.key.data = (self.key.data or "").strip()
         try:
-            if self.action.data == "remove":
+            if self.action.data == "delete":
+                self.change = (None, None)
+            elif self.action.data == "remove":
                 self.change = (validation.clean_metadata_key(key), None)
             else:
                 (key, value), = validation.clean_metadata({key: self.value.data or ""}).items()
@@ -164,7 +195,16 @@ class BulkForm(FlaskForm):
         if self.scope.data == "selected" and not self.ids.data:
             attach_error(self, ValidationError("Tick at least one completion, or apply to every completion matching the filter.", "scope"))
             return False
+        if self.upto.data and not self.upto.data.isdigit():
+            attach_error(self, ValidationError("The confirmation page was altered: start again from the list.", None))
+            return False
         return True
+
+
+class UndoForm(FlaskForm):
+    """Undo a bulk change, then go back to ``next`` (the page the button was on)."""
+
+    next = HiddenField()
 
 
 class RestoreForm(FlaskForm):
@@ -193,6 +233,6 @@ class ApiKeyForm(FlaskForm):
 
 
 class RevokeKeyForm(FlaskForm):
-    """Revoke the API key of this name."""
+    """Revoke the live API key of this name (sent from its confirmation page)."""
 
     name = HiddenField(validators=[InputRequired()])

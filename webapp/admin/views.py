@@ -7,7 +7,8 @@ that fails re-renders its page with the errors beside the inputs and a 4xx statu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from itertools import groupby
 from typing import Any
@@ -24,8 +25,8 @@ from ..models import Completion, utcnow
 from ..validation import MAX_METADATA_PAIRS, Filter, PageQuery, ValidationError
 from . import bp
 from .auth import LOCK_FOR, MAX_FAILED_SIGN_INS, actor, current_user, safe_next, sign_in, sign_out
-from .display import shorten
-from .forms import ApiKeyForm, BulkForm, LoginForm, MetadataForm, RestoreForm, RevokeKeyForm, attach_error
+from .display import describe_filter, shorten
+from .forms import ApiKeyForm, BulkForm, LoginForm, MetadataForm, RestoreForm, RevokeKeyForm, UndoForm, attach_error
 
 PAGE_SIZE = 50
 # The list counts its matches exactly up to this many, then says "10,000+".
@@ -124,11 +125,19 @@ class Filters:
         return validation.day_of(seconds, inclusive_end=name == "created_before")
 
 
+def tidy_filter_text(text: str) -> str:
+    """Return a typed ``KEY=VALUE`` filter without spaces around its key and its value."""
+    key, sep, value = text.partition("=")
+    return f"{key.strip()}={value.strip()}" if sep else text.strip()
+
+
 def read_filters(values: MultiDict[str, str]) -> Filters:
     """Return the filter in a query or form: ``model``, repeated ``metadata=KEY=VALUE`` (blank ones
     ignored), ``search``, ``created_after`` and ``created_before`` (dates or unix seconds)."""
     model = values.get("model") or None
-    texts = [text for text in values.getlist("metadata") if text.strip()]
+    # "team = red" means team=red: spaces around the key and the value are dropped (the form's
+    # convenience; the API keeps OpenAI's exact rules).
+    texts = [tidy_filter_text(text) for text in values.getlist("metadata") if text.strip()]
     typed = {name: values[name] for name in TEXT_FILTERS if values.get(name, "").strip()}
     pairs: list[tuple[str, str]] = []
     errors: dict[int, str] = {}
@@ -221,6 +230,9 @@ def render_list(source: MultiDict[str, str], *, bulk: BulkForm | None = None, st
             after=after,
             before=before,
             bulk=bulk or BulkForm(formdata=None),
+            hidden_filter=filter_args(filters.filter) if filters.valid else {},
+            # A completion opened from this page knows its place: its neighbours and the way back.
+            nav_args=list_args(source, filters) if filters.valid else {},
             max_pairs=MAX_METADATA_PAIRS,
         ),
         status,
@@ -233,28 +245,102 @@ def completion_list() -> Any:
     return inclusive_to_redirect(request.args) or render_list(request.args)
 
 
+def filter_args(selection: Filter) -> dict[str, Any]:
+    """Return the URL arguments (or hidden form fields) that carry a cleaned filter, whatever fields it has.
+
+    Built from the cleaned ``Filter`` (not from what was typed), so a bulk change, a
+    download or a completion's neighbours act on exactly the filter the page was loaded with.
+    """
+    args: dict[str, Any] = {}
+    for item in fields(selection):
+        value = getattr(selection, item.name)
+        if isinstance(value, Mapping):
+            args[item.name] = [f"{key}={text}" for key, text in value.items()]
+        elif isinstance(value, (list, tuple)):
+            if value:
+                args[item.name] = " ".join(str(part) for part in value)
+        elif value is not None and value != "":
+            args[item.name] = value
+    return args
+
+
+def list_args(source: MultiDict[str, str], filters: Filters) -> dict[str, Any]:
+    """Return the URL arguments of the list page ``source`` came from: its filter and its cursor."""
+    cursor = {name: source.get(name) or None for name in ("after", "before")}
+    return {**filter_args(filters.filter), **{k: v for k, v in cursor.items() if v}}
+
+
+def bulk_selection(form: BulkForm, filters: Filters, *, upto: int) -> store.Selection:
+    """Return what a valid bulk form acts on: its ticked ids, or its filter's matches up to ``upto``."""
+    if form.scope.data == "all":
+        return store.Selection(filter=filters.filter, upto=upto)
+    return store.Selection(ids=tuple(dict.fromkeys(form.ids.data)))
+
+
+def describe_change(action: str, key: str | None, value: str | None) -> str:
+    """Return what a bulk change does, as the confirmation page, the flash and the history say it."""
+    if action == "delete":
+        return "Delete"
+    if action == "remove":
+        return f"Remove the key '{key}'"
+    if action == "undo":
+        return "Undo"
+    return f"Set '{key}' to '{shorten(value or '', 80)}'"
+
+
+def describe_scope(form: BulkForm, filters: Filters) -> str:
+    """Return what a bulk change acts on, in words: the ticked completions, or the filter."""
+    if form.scope.data == "all":
+        return "every completion matching " + describe_filter(filters.filter)
+    count = len(dict.fromkeys(form.ids.data))
+    return f"the {count} ticked completion{'' if count == 1 else 's'}"
+
+
 @bp.post("/bulk")
 def bulk_update() -> Any:
-    """Set or remove one key on the ticked completions or on all the filter matches, in one transaction."""
+    """Check a bulk change and show what it will do, and on how many completions; nothing is written here."""
     form = BulkForm()
     filters = read_filters(request.form)
     if not filters.valid or not form.validate():
         return render_list(request.form, bulk=form, status=400)
-    assert form.change is not None
-    key, value = form.change
-    with write_transaction() as tx:
-        if form.scope.data == "all":
-            ids: Any = (
-                row.id
-                for row in store.iter_completions(tx, filter=filters.filter, order="desc")
-            )
-        else:
-            ids = list(dict.fromkeys(form.ids.data))
-        result = store.set_metadata_key(tx, completion_ids=ids, key=key, value=value, actor=actor())
-    for category, message in bulk_summary(result, key=key, value=value):
-        flash(message, category)
-    cursor = {name: request.form.get(name) or None for name in ("after", "before")}
-    return see_other("admin.completion_list", **filters.args(), **cursor)
+    upto = store.latest_seq(db.session)
+    count = store.count_selection(db.session, selection=bulk_selection(form, filters, upto=upto))
+    form.upto.data = str(upto)
+    key, value = form.change or (None, None)
+    return render_template(
+        "admin/bulk_confirm.html",
+        form=form,
+        count=count,
+        change=describe_change(form.action.data, key, value),
+        scope=describe_scope(form, filters),
+        hidden_filter=filter_args(filters.filter),
+        back=url_for("admin.completion_list", **list_args(request.form, filters)),
+        cursor={name: request.form.get(name) for name in ("after", "before") if request.form.get(name)},
+    )
+
+
+@bp.post("/bulk/apply")
+def bulk_apply() -> Any:
+    """Apply a confirmed bulk change in short transactions, recorded as one batch; back to the same list page."""
+    form = BulkForm()
+    filters = read_filters(request.form)
+    if not filters.valid or not form.validate() or not form.upto.data:
+        flash("That bulk change could not be applied as confirmed: nothing was changed. Start again from the list.", "error")
+        return see_other("admin.completion_list", **list_args(request.form, filters))
+    key, value = form.change or (None, None)
+    action = form.action.data
+    batch = store.run_bulk_change(
+        write_transaction,
+        selection=bulk_selection(form, filters, upto=int(form.upto.data)),
+        action=action,  # type: ignore[arg-type]
+        key=key,
+        value=value,
+        actor=actor(),
+        scope=describe_scope(form, filters),
+        requested=request.form.get("count", type=int) or 0,
+    )
+    flash_batch(batch)
+    return see_other("admin.completion_list", **list_args(request.form, filters))
 
 
 def _some(ids: list[str]) -> str:
@@ -262,40 +348,117 @@ def _some(ids: list[str]) -> str:
     return named + (f" and {len(ids) - FLASH_IDS} more" if len(ids) > FLASH_IDS else "")
 
 
-def bulk_summary(result: store.BulkResult, *, key: str, value: str | None) -> list[tuple[str, str]]:
+def _completions(count: int) -> str:
+    return f"{count} completion{'' if count == 1 else 's'}"
+
+
+def batch_summary(batch: Any) -> list[tuple[str, str]]:
     """Return the flashed lines that tell what a bulk change did: how many changed, and each refusal's reason."""
-    changed, unchanged = len(result.changed), len(result.unchanged)
-    plural = lambda n: "completion" if n == 1 else "completions"  # noqa: E731
-    if value is None:
-        done = f"Removed '{key}' from {changed} {plural(changed)}"
-        same = f"{unchanged} did not have it"
+    changed, unchanged = batch.changed, batch.unchanged
+    if batch.action == "delete":
+        done = f"Deleted {_completions(changed)}"
+    elif batch.action == "undo":
+        done = f"Undid bulk change #{batch.undoes_id}: {_completions(changed)} put back as before it"
+    elif batch.action == "remove":
+        done = f"Removed '{batch.key}' from {_completions(changed)}"
+        done += f"; {unchanged} did not have it" if unchanged else ""
     else:
-        done = f"Set '{key}' to '{shorten(value, 80)}' on {changed} {plural(changed)}"
-        same = f"{unchanged} had it already"
-    lines = [("success" if changed else "info", done + (f"; {same}." if unchanged else "."))]
-    refused = sorted(result.refused, key=lambda item: item[1])
+        done = f"Set '{batch.key}' to '{shorten(batch.value or '', 80)}' on {_completions(changed)}"
+        done += f"; {unchanged} had it already" if unchanged else ""
+    lines = [("success" if changed else "info", done + ".")]
+    refused = sorted((tuple(item) for item in batch.refused or []), key=lambda item: item[1])
     groups = [(message, [cid for cid, _ in group]) for message, group in groupby(refused, key=lambda item: item[1])]
     for message, ids in groups[:FLASH_REASONS]:
         lines.append(("error", f"Left unchanged: {_some(ids)}. {message}"))
-    if len(groups) > FLASH_REASONS:
-        others = sum(len(ids) for _, ids in groups[FLASH_REASONS:])
-        lines.append(("error", f"{others} more left unchanged for other reasons."))
+    named = sum(len(ids) for _, ids in groups[:FLASH_REASONS])
+    if batch.refused_count > named:
+        lines.append(("error", f"{batch.refused_count - named} more left unchanged: see Bulk changes."))
     return lines
+
+
+def flash_batch(batch: Any) -> None:
+    """Flash what a bulk change did; its first line offers Undo when it can be undone (see base.html)."""
+    lines = batch_summary(batch)
+    for index, (category, message) in enumerate(lines):
+        if index == 0 and batch.action != "delete" and batch.changed:
+            # base.html draws an Undo button beside a flash of this category.
+            category = f"undo:{batch.id}"
+        flash(message, category)
+
+
+@bp.get("/bulk-changes")
+def bulk_changes() -> Any:
+    """The recent bulk changes, newest first: who, when, what, on how many; each offers Undo while it can."""
+    before_id = request.args.get("before", type=int)
+    batches, undone = store.list_bulk_changes(db.session, before_id=before_id, limit=PAGE_SIZE)
+    undoes = {batch.undoes_id for batch in batches if batch.undoes_id}
+    return render_template(
+        "admin/bulk_changes.html",
+        batches=batches,
+        undone=undone,
+        undoes=undoes,
+        describe=describe_change,
+        older=batches[-1].id if len(batches) == PAGE_SIZE else None,
+    )
+
+
+@bp.post("/bulk-changes/<int:batch_id>/undo")
+def undo_bulk_change(batch_id: int) -> BaseResponse:
+    """Undo a bulk change (itself recorded as one); name every completion changed since and left alone."""
+    form = UndoForm()
+    if not form.validate():
+        abort(400)
+    back = safe_next(form.next.data) or url_for("admin.bulk_changes")
+    try:
+        batch = store.undo_bulk_change(write_transaction, batch_id=batch_id, actor=actor())
+    except LookupError:
+        abort(404)
+    except store.NotUndoable as exc:
+        flash(str(exc), "error")
+    else:
+        flash_batch(batch)
+    return redirect(back, code=303)
 
 
 # --- One completion -------------------------------------------------------------------------
 
 
-def render_detail(row: Completion, form: MetadataForm, *, status: int = 200, conflict: bool = False) -> Any:
-    """Render a completion's page with the metadata form as given (fresh, re-shown with errors, or in conflict)."""
+@dataclass(frozen=True)
+class Neighbours:
+    """Where a completion stands in the list it was opened from: the ids just newer and just older
+    within that list's filter and order, and that list page's arguments (filter and cursor)."""
+
+    newer: str | None
+    older: str | None
+    args: dict[str, Any]
+
+
+def neighbours(row: Completion, source: MultiDict[str, str]) -> Neighbours:
+    """Return the neighbours of ``row`` in the list whose filter and cursor ``source`` (the page's query) carries.
+
+    With no (or a broken) filter, the list is every completion. Two one-row keyset queries.
+    """
+    filters = read_filters(source)
+    if not filters.valid:
+        filters = read_filters(MultiDict())
+    newer = store.list_completions(db.session, filter=filters.filter, page=PageQuery(after=row.id, limit=1, order="asc")).rows
+    older = store.list_completions(db.session, filter=filters.filter, page=PageQuery(after=row.id, limit=1, order="desc")).rows
+    return Neighbours(newer=newer[0].id if newer else None, older=older[0].id if older else None, args=list_args(source, filters))
+
+
+def render_detail(row: Completion, form: MetadataForm, *, status: int = 200, conflict: bool = False, unsaved: bool = False) -> Any:
+    """Render a completion's page with the metadata form as given (fresh, re-shown with errors, in conflict,
+    or ``unsaved`` after adding or removing a row)."""
     return (
         render_template(
             "admin/completion_detail.html",
             row=row,
+            nav=neighbours(row, request.args),
             completion=store.completion_object(row),
             form=form,
             history=store.metadata_history(db.session, completion_id=row.id),
             conflict=conflict,
+            unsaved=unsaved,
             max_pairs=MAX_METADATA_PAIRS,
         ),
         status,
@@ -310,10 +473,10 @@ def completion_detail(completion_id: str) -> Any:
         return render_detail(row, MetadataForm.for_pairs(list((row.metadata_map or {}).items()), version=row.version))
     form = MetadataForm()
     if "add" in request.form:
-        return render_detail(row, form.with_row_added())
+        return render_detail(row, form.with_row_added(), unsaved=True)
     if "remove" in request.form:
         index = request.form.get("remove", type=int)
-        return render_detail(row, form.with_row_removed(index if index is not None else -1))
+        return render_detail(row, form.with_row_removed(index if index is not None else -1), unsaved=True)
     if not form.validate():
         return render_detail(row, form, status=400)
     assert form.metadata is not None
@@ -328,7 +491,7 @@ def completion_detail(completion_id: str) -> Any:
         return render_detail(exc.current, form, status=412, conflict=True)
     count = len(form.metadata)
     flash(f"Saved the metadata ({count} pair{'' if count == 1 else 's'}).", "success")
-    return see_other("admin.completion_detail", completion_id=completion_id)
+    return see_other("admin.completion_detail", completion_id=completion_id, **request.args.to_dict(flat=False))
 
 
 @bp.post("/history/<int:change_id>/restore")
@@ -363,12 +526,14 @@ def restore_metadata(change_id: int) -> BaseResponse:
 @bp.route("/delete/<path:completion_id>", methods=["GET", "POST"])
 def delete_completion(completion_id: str) -> Any:
     """Ask for confirmation on a page of its own; POST deletes and returns to the list."""
+    back = list_args(request.args, read_filters(request.args)) if read_filters(request.args).valid else {}
     if request.method == "GET":
-        return render_template("admin/delete_completion.html", row=store.get_completion(db.session, completion_id=completion_id))
+        row = store.get_completion(db.session, completion_id=completion_id)
+        return render_template("admin/delete_completion.html", row=row, back=back)
     with write_transaction() as tx:
         store.delete_completion(tx, completion_id=completion_id)
     flash(f"Deleted completion {completion_id}.", "success")
-    return see_other("admin.completion_list")
+    return see_other("admin.completion_list", **back)
 
 
 # --- Export -------------------------------------------------------------------------------
@@ -382,7 +547,8 @@ def export() -> Any:
     if not filters.valid or fmt not in FORMATS:
         flash("Fix the filter before exporting." if not filters.valid else f"Unknown export format '{fmt}'.", "error")
         return redirect(url_for("admin.completion_list", **filters.args()))
-    lines = export_lines(db.session, filter=filters.filter, fmt=fmt)  # type: ignore[arg-type]
+    skip_truncated = request.args.get("skip_truncated") == "1"
+    lines = export_lines(db.session, filter=filters.filter, fmt=fmt, skip_truncated=skip_truncated)  # type: ignore[arg-type]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     response = Response(stream_with_context(lines), mimetype="application/jsonl")
     response.headers["Content-Disposition"] = f'attachment; filename="completions-{fmt}-{stamp}.jsonl"'
@@ -420,9 +586,17 @@ def api_keys() -> Any:
     )
 
 
-@bp.post("/keys/revoke")
-def revoke_api_key() -> BaseResponse:
-    """Revoke a key: requests using it get 401 from now on."""
+@bp.route("/keys/revoke", methods=["GET", "POST"])
+def revoke_api_key() -> Any:
+    """Ask first on a page of its own (GET ``?name=``); POST revokes the key: requests using it get 401 from now on."""
+    if request.method == "GET":
+        name = request.args.get("name", "")
+        try:
+            key = store.get_live_api_key(db.session, name=validation.clean_api_key_name(name))
+        except (LookupError, ValidationError):
+            flash(f"No live API key named '{name}'.", "error")
+            return redirect(url_for("admin.api_keys"))
+        return render_template("admin/revoke_api_key.html", key=key, form=RevokeKeyForm(formdata=None, data={"name": key.name}))
     form = RevokeKeyForm()
     if not form.validate():
         abort(400)

@@ -181,16 +181,21 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="store", show_default=True)
 # Not lazy: the file is created even when nothing matches, so a script finds it (empty) and not stale.
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=False), default="-", help="Default: stdout.")
-def export_command(selection: validation.Filter, fmt: str, output: IO[str]) -> None:
+@click.option(
+    "--skip-truncated", is_flag=True, help="Leave out completions whose reply was cut off by the token limit (finish_reason: length)."
+)
+def export_command(selection: validation.Filter, fmt: str, output: IO[str], skip_truncated: bool) -> None:
     """Stream completions as JSONL: ``store`` round-trips through import, ``chat`` is for fine-tuning."""
-    lines = export_lines(db.session, filter=selection, fmt=fmt)  # type: ignore[arg-type]
+    lines = export_lines(db.session, filter=selection, fmt=fmt, skip_truncated=skip_truncated)  # type: ignore[arg-type]
     if output.name == "<stdout>":
         # stdout is the data: no progress bar to mix into it.
         for line in lines:
             output.write(line)
         return
     count = store.count_completions(db.session, filter=selection)
+    written = 0
     with click.progressbar(lines, length=count, label="Exporting", file=sys.stderr) as bar:
         for line in bar:
             output.write(line)
-    click.echo(f"Exported {count} completions to {output.name}.", err=True)
+            written += 1
+    click.echo(f"Exported {written} completions to {output.name}.", err=True)

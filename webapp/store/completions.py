@@ -291,8 +291,16 @@ def _replace_metadata_rows(session: Session, seq: int, metadata: Mapping[str, st
         )
 
 
-def _record_change(session: Session, *, completion_id: str, actor: str, before: Mapping[str, str], after: Mapping[str, str]) -> None:
-    session.add(MetadataChange(completion_id=completion_id, actor=actor, before=dict(before), after=dict(after)))
+def _record_change(
+    session: Session,
+    *,
+    completion_id: str,
+    actor: str,
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+    batch_id: int | None = None,
+) -> None:
+    session.add(MetadataChange(completion_id=completion_id, actor=actor, before=dict(before), after=dict(after), batch_id=batch_id))
 
 
 def update_metadata(
@@ -302,10 +310,12 @@ def update_metadata(
     metadata: Mapping[str, str],
     actor: str,
     if_match: Collection[str] | None = None,
+    batch_id: int | None = None,
 ) -> Completion:
     """Replace the metadata of ``completion_id`` with ``metadata`` (already cleaned) and record the change.
 
-    ``if_match`` is the ETags the caller will accept (``None``: any). The write only
+    ``if_match`` is the ETags the caller will accept (``None``: any); ``batch_id`` names the
+    bulk change the write is part of, if any (so it can be undone with it). The write only
     lands on the version that was read, so two concurrent updates never both win.
     Returns the updated row. Raises CompletionNotFound or PreconditionFailed.
     """
@@ -322,7 +332,7 @@ def update_metadata(
         )
         if result.rowcount == 1:
             _replace_metadata_rows(session, row.seq, metadata)
-            _record_change(session, completion_id=completion_id, actor=actor, before=before, after=metadata)
+            _record_change(session, completion_id=completion_id, actor=actor, before=before, after=metadata, batch_id=batch_id)
             session.flush()
             session.refresh(row)
             return row

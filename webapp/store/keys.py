@@ -21,9 +21,9 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 def create_api_key(session: Session, *, name: str, read_only: bool = False) -> tuple[ApiKey, str]:
     """Create an API key; return it and its secret, which is not kept anywhere.
 
-    Raises NameTaken if a key of that name exists (revoked ones included).
+    Raises NameTaken if a live key has that name (a revoked key's name can be used again).
     """
-    if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
+    if session.scalar(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))) is not None:
         raise NameTaken(f"An API key named '{name}' exists already; choose another name.")
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name=name, key_hash=hash_secret(secret), prefix=secret[:8], read_only=read_only)
@@ -60,11 +60,17 @@ def list_api_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
-def revoke_api_key(session: Session, *, name: str) -> ApiKey:
-    """Revoke the key ``name``; return it. Raises LookupError if there is no live key of that name."""
+def get_live_api_key(session: Session, *, name: str) -> ApiKey:
+    """Return the live key named ``name``. Raises LookupError if there is none."""
     key = session.scalar(select(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)))
     if key is None:
         raise LookupError(f"No live API key named '{name}'. See `flask --app webapp keys list`.")
+    return key
+
+
+def revoke_api_key(session: Session, *, name: str) -> ApiKey:
+    """Revoke the key ``name``; return it. Raises LookupError if there is no live key of that name."""
+    key = get_live_api_key(session, name=name)
     key.revoked_at = utcnow()
     session.flush()
     return key

@@ -77,6 +77,9 @@ def build_completion_body(request: Mapping[str, Any], response: Mapping[str, Any
         if target == "service_tier" and "service_tier" in response:
             continue
         body[target] = request.get(source)
+    # Not echoed by OpenAI, but a fine-tuning example needs it (formats.chat_record): kept only when the request set it.
+    if isinstance(request.get("parallel_tool_calls"), bool):
+        body["parallel_tool_calls"] = request["parallel_tool_calls"]
     return body
 
 
