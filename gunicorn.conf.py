@@ -26,3 +26,37 @@ control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or "gunicorn.ctl"
 control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
 # Access logs carry no Authorization header: gunicorn's default format does not log it.
 accesslog = "-"
+
+# --- Prometheus metrics across worker processes ------------------------------------------
+# Each worker writes its counts to files in PROMETHEUS_MULTIPROC_DIR and GET /metrics adds
+# them up (prometheus_client's multiprocess mode). Set before any worker imports the app.
+# Unless you set it, a folder of this server's own under the temporary directory; it is
+# emptied at start, since counts left by an earlier run would be added to this one's.
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(tempfile.gettempdir(), f"completion-store-metrics-{os.getpid()}")
+_metrics_dir_is_ours = os.path.basename(os.environ["PROMETHEUS_MULTIPROC_DIR"]).startswith("completion-store-metrics-")
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Start with an empty metrics folder."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker that exited no longer counts towards the live gauges (open streams)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the metrics folder this server made."""
+    if _metrics_dir_is_ours:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

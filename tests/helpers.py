@@ -81,7 +81,8 @@ def migrate_database(url: str, revision: str = "head") -> None:
 
 def empty_database() -> None:
     """Delete every row of every table, resetting sequences, in the current app's database."""
-    tables = list(reversed(db.metadata.sorted_tables))
+    # The rollup goes last: deleting completions moves it (triggers).
+    tables = sorted(reversed(db.metadata.sorted_tables), key=lambda table: table.name == "completion_rollup")
     with write_transaction() as session:
         if db.engine.dialect.name == "postgresql":
             names = ", ".join(t.name for t in tables)

@@ -77,6 +77,11 @@ class Tab:
     def goto(self, path: str) -> Any:
         return self.page.goto(self.base + path)
 
+    def assert_fits(self) -> None:
+        """Assert the page does not scroll sideways at this tab's width."""
+        overflow = self.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{self.page.url} scrolls sideways by {overflow}px at {self.page.viewport_size['width']}px"
+
     def sign_in(self) -> None:
         from playwright.sync_api import expect
 
@@ -108,6 +113,11 @@ def tab(chromium: Any, server: LiveServer) -> Iterator[Tab]:
     with open_tab(chromium, server, viewport={"width": 1280, "height": 900}) as tab:
         tab.sign_in()
         yield tab
+
+
+def screenshot_folder(tmp_path: Path) -> Path:
+    """Where screenshots go: docs/ with UPDATE_SCREENSHOTS=1, else a temporary folder."""
+    return ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
 
 
 def listed(tab: Tab) -> list[str]:
@@ -299,16 +309,62 @@ def test_the_pages_fit_the_screen(chromium: Any, server: LiveServer, tmp_path: P
     from playwright.sync_api import expect
 
     showcase()
-    folder = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+    folder = screenshot_folder(tmp_path)
     size = "phone" if viewport["width"] < 600 else "desktop"
     with open_tab(chromium, server, viewport=viewport, device_scale_factor=1) as tab:
         tab.sign_in()
         for name, path in [("list", "/"), ("detail", "/completions/chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT")]:
             tab.goto(path)
             expect(tab.page.locator("main h1")).to_be_visible()
-            overflow = tab.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {viewport['width']}px"
+            tab.assert_fits()
             tab.page.screenshot(path=str(folder / f"admin-{name}-{size}.png"), full_page=size == "phone" or name == "detail")
+
+
+def month_of_usage() -> None:
+    """November 2026 as a busy team would have it: weekday peaks, three models, a fourth tried once."""
+    import random
+
+    rng = random.Random(13)
+    start = 1_793_491_200  # Sunday 1 November 2026 00:00 UTC
+    records = []
+    for day in range(30):
+        weekday = (day + 6) % 7 < 5
+        for n in range(rng.randint(12, 20) if weekday else rng.randint(3, 7)):
+            model = rng.choices(["gpt-4o-mini", "gpt-4o-2024-08-06", "llama-3.1-70b"], weights=[6, 3, 1])[0]
+            body = completion_body(f"m{day}-{n}", created=start + day * 86_400 + rng.randrange(86_400), model=model)
+            prompt, reply = rng.randint(40, 900), rng.randint(10, 400)
+            body["usage"] = {"prompt_tokens": prompt, "completion_tokens": reply, "total_tokens": prompt + reply}
+            records.append(body)
+    records.append(completion_body("try-o1", created=start + 17 * 86_400 + 3_600, model="o1-preview"))
+    seed(*records)
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 320, "height": 700}], ids=["desktop", "phone"])
+def test_the_overview_fits_and_its_bars_lead_to_the_list(chromium: Any, server: LiveServer, tmp_path: Path, viewport: dict[str, int]) -> None:
+    from playwright.sync_api import expect
+
+    month_of_usage()
+    with open_tab(chromium, server, viewport=viewport, device_scale_factor=1) as tab:
+        tab.sign_in()
+        tab.page.get_by_role("link", name="Overview", exact=True).click()
+        expect(tab.page.locator("main h1")).to_have_text("Overview")
+        expect(tab.page.get_by_text("From Sun 1 Nov 2026 to Mon 30 Nov 2026, per day (UTC).")).to_be_visible()
+        chart = tab.page.locator("#chart-completions")
+        expect(chart).to_be_visible()
+        box = chart.bounding_box()
+        assert box is not None and box["width"] > viewport["width"] / 2 and box["height"] > 100
+        tab.assert_fits()
+        name = "admin-overview.png" if viewport["width"] > 600 else "admin-overview-phone.png"
+        tab.page.screenshot(path=str(screenshot_folder(tmp_path) / name), full_page=True)
+        if viewport["width"] > 600:
+            tab.page.emulate_media(color_scheme="dark")
+            tab.page.screenshot(path=str(screenshot_folder(tmp_path) / "admin-overview-dark.png"))
+            tab.page.emulate_media(color_scheme="light")
+        tab.page.get_by_text("The numbers behind “Completions per day, by model”").click()
+        expect(tab.page.locator("#chart-completions-numbers")).to_be_visible()
+        tab.page.locator('#chart-completions a[aria-label="Wed 18 Nov 2026, o1-preview: 1"]').click()
+        expect(tab.page).to_have_url(tab.base + "/?model=o1-preview&created_after=2026-11-18&created_before=2026-11-19")
+        expect(tab.page.get_by_role("link", name="try-o1")).to_be_visible()
 
 
 # --- The review workbench: bulk changes, undo, Markdown, navigation, layout ---------------

@@ -62,8 +62,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from .api import bp as api_bp
     from .cli import register_commands
     from .errors import register_error_handlers
+    from .metrics import init_app as init_metrics
 
     register_error_handlers(app)
+    init_metrics(app)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)
     app.register_blueprint(admin_bp)

@@ -64,6 +64,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "API_KEY_CACHE_SECONDS": (float, 2.0),
     # Days a completion is kept: the default of `flask purge --older-than` (None: purge needs the option).
     "RETENTION_DAYS": (int, None),
+    # When set, GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>".
+    "METRICS_TOKEN": (str, None),
 }
 
 

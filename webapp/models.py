@@ -221,3 +221,20 @@ class UserSession(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CompletionRollup(db.Model):
+    """Live completions and their tokens per hour (``span`` 3600) and per day (86400), per model.
+
+    Database triggers on ``completions`` keep it (migration 0005): no Python code writes it.
+    ``start`` is the bucket's first second (unix time, UTC).
+    """
+
+    __tablename__ = "completion_rollup"
+
+    span: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    completions: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)

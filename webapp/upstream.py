@@ -25,6 +25,7 @@ from typing import Any, Literal
 import httpx
 from flask import Flask
 
+from . import metrics
 from .errors import REQUEST_ID_HEADER, APIError
 from .validation import ValidationError, clean_completion
 
@@ -72,7 +73,7 @@ class Upstream:
         self.max_bytes = max_bytes
         # The same timeout for connecting, each read and each write: a stream is cut only
         # when the upstream stays silent that long, as with the OpenAI SDK's own timeout.
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout))
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout), event_hooks=metrics.UPSTREAM_EVENT_HOOKS)
         # Requests are built from these parts made once: httpx's build_request (URL and
         # header merging, per request) costs a tenth of the whole hot path.
         self.url = httpx.URL(f"{self.base_url}/chat/completions")
@@ -183,11 +184,13 @@ def _transport_errors(base_url: str) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
+        metrics.upstream_failed("timeout")
         log.warning("upstream %s timed out: %s", base_url, type(exc).__name__)
         raise APIError(
             504, "The upstream model server did not answer in time. Try again later.", type="server_error"
         ) from exc
     except httpx.TransportError as exc:
+        metrics.upstream_failed("unreachable")
         log.warning("upstream %s unreachable: %r", base_url, exc)
         raise APIError(
             502, "The upstream model server could not be reached. Try again later.", type="server_error"

@@ -4,6 +4,6 @@ from flask import Blueprint
 
 bp = Blueprint("admin", __name__)
 
-from . import auth, display, views  # noqa: E402,F401  (routes, guards and filters register themselves on bp)
+from . import auth, display, overview, views  # noqa: E402,F401  (routes, guards and filters register themselves on bp)
 
 display.register(bp)

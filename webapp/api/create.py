@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g
 
-from .. import store, validation
+from .. import metrics, store, validation
 from ..errors import APIError, envelope
 from ..extensions import db, write_transaction
 from ..upstream import Answer, EventStream, StreamAssembler, event_data, is_done, parse_data, upstream_for
@@ -78,6 +78,7 @@ def _save(create: validation.CreateRequest, completion: dict[str, Any], request_
             metadata=create.metadata,
             actor=actor,
         )
+    metrics.completion_stored(stream=create.stream)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def _relay(events: EventStream, pending: PendingCreate) -> Iterator[bytes]:
     assembler = StreamAssembler()
     storable = pending.create.store
     ended = False  # the client has had [DONE] or an error event
+    metrics.STREAMS_OPEN.inc()
     try:
         for raw in events:
             data = event_data(raw)
@@ -133,6 +135,7 @@ def _relay(events: EventStream, pending: PendingCreate) -> Iterator[bytes]:
         if not ended:
             yield sse_error_event(exc)
     finally:
+        metrics.STREAMS_OPEN.dec()
         events.close()
 
 

@@ -7,7 +7,8 @@
 - ``imports``: upserting many completions in one batch of statements (import, sync);
 - ``retention``: purging old completions in short batches;
 - ``sources``: where ``sync`` stands with each store it mirrors;
-- ``keys``: API keys; ``users``: people, sign-in and their sessions.
+- ``keys``: API keys; ``users``: people, sign-in and their sessions;
+- ``overview``: completions and tokens per hour or day and model (the rollup the triggers keep).
 
 Nothing here reads the request, ``g`` or the Flask session, and nothing here commits: the
 caller decides the transaction (see ``extensions.write_transaction``). Callers write
@@ -56,6 +57,7 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
+from .overview import Usage, UsageSeries, read_rollup, recount_rollup, usage_series
 from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
 from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
 from .sources import get_sync_source, save_sync_position, stored_messages
@@ -85,6 +87,8 @@ __all__ = [
     "Selection",
     "ROW_REFUSALS",
     "SignInLocked",
+    "Usage",
+    "UsageSeries",
     "authenticate_api_key",
     "build_completion_body",
     "check_password",
@@ -120,6 +124,8 @@ __all__ = [
     "metadata_history",
     "purge_batch",
     "purge_deleted_history_batch",
+    "read_rollup",
+    "recount_rollup",
     "record_sign_in",
     "revoke_api_key",
     "run_bulk_change",
@@ -132,6 +138,7 @@ __all__ = [
     "undo_bulk_change",
     "update_metadata",
     "upsert_completions",
+    "usage_series",
     "user_for_session",
     "verify_sign_in",
     "version_etag",

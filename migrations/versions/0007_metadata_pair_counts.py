@@ -1,7 +1,7 @@
 """metadata pair counts: how often two metadata pairs meet, kept by triggers
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-26 07:30:00
 
 Each completion_metadata row inserted counts once with every other pair its completion
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

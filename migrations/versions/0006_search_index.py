@@ -1,7 +1,7 @@
 """search index: searchable text columns, trigram and CJK gram indexes kept by the database
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-26 07:40:00
 
 SQLite: two FTS5 tables (``trigram`` on ``search_text``, with its own copy of the text;
@@ -17,8 +17,8 @@ from alembic import op
 from webapp.store.search import search_columns
 
 # revision identifiers, used by Alembic.
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
