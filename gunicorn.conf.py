@@ -26,6 +26,10 @@ limit_request_line = 0
 # of this instance's own.
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or "gunicorn.ctl"
 control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+# The app is served at / and takes no SCRIPT_NAME or PATH_INFO from a proxy: such request
+# headers are dropped (by default gunicorn believes them from 127.0.0.1, and a client on this
+# machine could make it answer 500 with an HTML page of its own).
+forwarder_headers = ""
 # Access logs carry no Authorization header: gunicorn's default format does not log it.
 accesslog = "-"
 

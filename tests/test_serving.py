@@ -97,3 +97,14 @@ def test_two_instances_on_one_host_do_not_share_a_control_socket(database_url: s
     finally:
         stop_server(plain)
         stop_server(second)
+
+
+@pytest.mark.parametrize("header", ["SCRIPT_NAME", "PATH_INFO"])
+def test_a_client_cannot_move_the_app_with_wsgi_headers(live_server: LiveServer, header: str) -> None:
+    """gunicorn would believe these from 127.0.0.1 and answer 500 in HTML; they are dropped, the app answers."""
+    connection = http.client.HTTPConnection(live_server.url.removeprefix("http://"), timeout=10)
+    connection.request("DELETE", "/v1/chat/completions/0", headers={header: "0"})
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 401 and body["error"]["type"] == "invalid_request_error"
