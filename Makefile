@@ -30,7 +30,7 @@ run: install
 	$(FLASK) db upgrade
 	$(FLASK) bootstrap
 	@echo "Serving on http://$(HOST):$(PORT) (Ctrl-C stops)"
-	$(BIN)/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) --workers 2 wsgi:app
+	$(BIN)/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) --workers 2 --access-logfile - wsgi:app
 
 ## Install the test extras and run the whole suite (PostgreSQL too when TEST_DATABASE_URL is set)
 test: install-test

@@ -30,8 +30,12 @@ control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
 # headers are dropped (by default gunicorn believes them from 127.0.0.1, and a client on this
 # machine could make it answer 500 with an HTML page of its own).
 forwarder_headers = ""
-# Access logs carry no Authorization header: gunicorn's default format does not log it.
-accesslog = "-"
+# No access log unless GUNICORN_ACCESS_LOG names one ("-" for stdout, or a file): the proxy in
+# front logs each request and GET /metrics counts them by route and status, and writing a line
+# per request costs the hot path of a create about a tenth of a millisecond (bench/proxy.py).
+# `make run` turns it on for development. It never carries the Authorization header: gunicorn's
+# default format does not log it.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 
 # --- Prometheus metrics across worker processes ------------------------------------------
 # Each worker writes its counts to files in PROMETHEUS_MULTIPROC_DIR and GET /metrics adds

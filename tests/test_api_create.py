@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
 
 from webapp import store, validation
 from webapp.extensions import db, write_connection
-from webapp.models import Completion
+from webapp.models import Completion, CompletionMetadata, MetadataChange
 from webapp.errors import APIError
 from webapp.upstream import Upstream, split_events
 
@@ -647,3 +648,21 @@ def test_a_reservation_taken_over_by_an_import_stores_under_a_fresh_id(app: Any)
     assert minted_from(stored_as, REPEATED_ID)
     assert store.get_completion(db.session, completion_id=REPEATED_ID).metadata_map == {"who": "import"}
     assert store.get_completion(db.session, completion_id=stored_as).metadata_map == {"who": "stream"}
+
+
+def test_a_create_that_fails_midway_leaves_nothing(app: Any) -> None:
+    """The create's statements run on the driver's cursor (store.driver), still as one
+    transaction: a failure after the completion row is in rolls it back with its metadata and
+    history, and a driver error comes out as SQLAlchemy's exception, as everywhere else."""
+    with pytest.raises(RuntimeError), write_connection() as writer:
+        store.create_completion(writer, body=completion_body("half"), messages=[], metadata={"a": "b"}, actor="t")
+        raise RuntimeError("the request died here")
+    with pytest.raises(sa.exc.IntegrityError), write_connection() as writer:
+        store.create_completion(writer, body=completion_body("half"), messages=[], metadata={"a": "b"}, actor="t")
+        writer.execute(sa.insert(CompletionMetadata.__table__), {"completion_seq": -1, "key": "k", "value": "v"})
+    assert stored_ids() == []
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(MetadataChange)) == 0
+    # The connection went back to the pool in a clean state: the next create is stored.
+    with write_connection() as writer:
+        assert store.create_completion(writer, body=completion_body("whole"), messages=[], metadata={}, actor="t") == "whole"
+    assert stored_ids() == ["whole"]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import DeclarativeBase, Session
+
+if TYPE_CHECKING:
+    from .store.driver import Writer
 
 
 class Base(DeclarativeBase):
@@ -71,14 +75,16 @@ def write_transaction(session: Session | None = None) -> Iterator[Session]:
 
 
 @contextmanager
-def write_connection() -> Iterator[Connection]:
-    """Run the block as one write transaction on a Core connection of its own: commit when it
-    ends, roll back if it raises; on SQLite it holds the write lock from its first statement.
+def write_connection() -> Iterator[Writer]:
+    """Run the block as one write transaction on a pooled driver connection of its own: commit
+    when it ends, roll back if it raises; on SQLite it holds the write lock from its first
+    statement.
 
-    For the hot path of a create, which needs no ORM objects: it skips the Session's
-    bookkeeping that :func:`write_transaction` carries for the views that load rows.
+    For the hot path of a create, which needs no ORM objects: its :class:`~webapp.store.driver.Writer`
+    runs Core statements on the driver's cursor, without the Session's bookkeeping that
+    :func:`write_transaction` carries for the views that load rows.
     """
-    with db.engine.connect() as connection:
-        connection.execution_options(**{_IMMEDIATE: True})
-        with connection.begin():
-            yield connection
+    from .store import driver  # here, not at the top: the store's models import this module
+
+    with driver.transaction(db.engine) as writer:
+        yield writer

@@ -22,6 +22,7 @@ from ..models import Completion, CompletionMetadata, MetadataChange, MetadataPai
 from ..validation import MAX_ID_LENGTH, Filter, Order, PageQuery, ValidationError, completion_id_fault
 from . import search
 from .base import Page, storable
+from .driver import Writer
 from .shapes import etag, message_objects
 
 
@@ -502,7 +503,7 @@ def _insert_if_free(dialect: str) -> Any:
     return statement
 
 
-def _claim_id(connection: Connection, values: dict[str, Any]) -> int:
+def _claim_id(writer: Writer, values: dict[str, Any]) -> int:
     """Insert the row ``values`` under its id if that id is free and fits the rule, else under a
     minted one (``values`` is updated to the id used); return its ``seq``.
 
@@ -510,14 +511,14 @@ def _claim_id(connection: Connection, values: dict[str, Any]) -> int:
     id cannot both take it: PostgreSQL makes the second wait for the first and then skip;
     SQLite runs write transactions one at a time.
     """
-    statement = _insert_if_free(connection.dialect.name)
+    statement = _insert_if_free(writer.dialect.name)
     if completion_id_fault(values["id"]) is not None:
         _rename(values, mint_completion_id(values["id"]))
     upstream_id = values["id"]
     for _attempt in range(MINT_ATTEMPTS):
-        seq = connection.execute(statement, _row(values)).scalar()
-        if seq is not None:
-            return seq
+        row = writer.execute(statement, _row(values)).fetchone()
+        if row is not None:
+            return row[0]
         _rename(values, mint_completion_id(upstream_id))
     raise IdsExhausted(f"no free id found for a completion after {MINT_ATTEMPTS} tries")
 
@@ -528,34 +529,34 @@ def _rename(values: dict[str, Any], completion_id: str) -> None:
         values["body"] = {**values["body"], "id": completion_id}
 
 
-def _add_metadata(connection: Connection, *, seq: int, completion_id: str, metadata: Mapping[str, str], actor: str) -> None:
+def _add_metadata(writer: Writer, *, seq: int, completion_id: str, metadata: Mapping[str, str], actor: str) -> None:
     """Insert the filter rows of a new completion's metadata and its history record (one statement each)."""
     if not metadata:
         return
-    connection.execute(
+    writer.executemany(
         _INSERT_METADATA_ROWS, [{"completion_seq": seq, "key": key, "value": value} for key, value in metadata.items()]
     )
-    connection.execute(
+    writer.execute(
         _INSERT_CHANGE,
         {"completion_id": completion_id, "actor": actor, "before": {}, "after": dict(metadata), "changed_at": utcnow()},
     )
 
 
 def create_completion(
-    connection: Connection, *, body: Mapping[str, Any], messages: list[Any], metadata: Mapping[str, str], actor: str
+    writer: Writer, *, body: Mapping[str, Any], messages: list[Any], metadata: Mapping[str, str], actor: str
 ) -> str:
     """Store a new completion made through the upstream; return the id it is stored under.
 
     That is ``body["id"]`` when it is free and fits the id rule, else a freshly minted id
     (:func:`mint_completion_id`): a create never overwrites or revives a stored completion,
-    also under concurrent creates. Core statements on ``connection`` (see
-    ``extensions.write_connection``), one round trip per table, no ORM objects: this runs on
-    every ``store: true`` create. Raises IdsExhausted (never expected).
+    also under concurrent creates. Core statements run by ``writer`` on the driver's cursor
+    (see ``extensions.write_connection``), one round trip per table, no ORM objects: this runs
+    on every ``store: true`` create. Raises IdsExhausted (never expected).
     """
     values = completion_values(body=body, messages=messages, metadata=metadata)
     values.update(version=1, updated_at=utcnow())
-    seq = _claim_id(connection, values)
-    _add_metadata(connection, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
+    seq = _claim_id(writer, values)
+    _add_metadata(writer, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
     return values["id"]
 
 
@@ -568,7 +569,7 @@ class Reservation:
     completion_id: str
 
 
-def reserve_completion_id(connection: Connection, *, upstream_id: Any, created: Any, model: Any) -> Reservation:
+def reserve_completion_id(writer: Writer, *, upstream_id: Any, created: Any, model: Any) -> Reservation:
     """Hold an id for a streamed completion before its first chunk reaches the client (which sees
     the id in every chunk): ``upstream_id`` when free and fit, else a minted one. Raises IdsExhausted.
 
@@ -584,12 +585,12 @@ def reserve_completion_id(connection: Connection, *, upstream_id: Any, created: 
     # A tombstone as delete makes one (whatever columns the row mapper grows), version 0.
     values = completion_values(body=named, messages=[], metadata={})
     values.update(tombstone_values(), version=0, updated_at=utcnow())
-    seq = _claim_id(connection, values)
+    seq = _claim_id(writer, values)
     return Reservation(seq=seq, completion_id=values["id"])
 
 
 def fill_reservation(
-    connection: Connection,
+    writer: Writer,
     *,
     reservation: Reservation,
     body: Mapping[str, Any],
@@ -605,17 +606,17 @@ def fill_reservation(
     """
     values = completion_values(body={**body, "id": reservation.completion_id}, messages=messages, metadata=metadata)
     values.update(version=1, updated_at=utcnow())
-    filled = connection.execute(_FILL_RESERVATION, {**_row(values), "reserved_seq": reservation.seq})
+    filled = writer.execute(_FILL_RESERVATION, {**_row(values), "reserved_seq": reservation.seq})
     seq = reservation.seq
     if filled.rowcount != 1:
-        seq = _claim_id(connection, values)
-    _add_metadata(connection, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
+        seq = _claim_id(writer, values)
+    _add_metadata(writer, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
     return values["id"]
 
 
-def release_reservation(connection: Connection, *, reservation: Reservation) -> None:
+def release_reservation(writer: Writer, *, reservation: Reservation) -> None:
     """Remove the held id of a stream that ended short (nothing of it is stored)."""
-    connection.execute(_RELEASE_RESERVATION, {"reserved_seq": reservation.seq})
+    writer.execute(_RELEASE_RESERVATION, {"reserved_seq": reservation.seq})
 
 
 def metadata_history(session: Session, *, completion_id: str) -> list[MetadataChange]:
