@@ -464,6 +464,21 @@ def test_the_server_log_gets_what_the_upstream_said(upstream: UpstreamDouble, ca
     assert UPSTREAM_KEY not in logged
 
 
+
+def test_one_clients_upstream_cookies_never_reach_anothers_request(upstream: UpstreamDouble) -> None:
+    """The upstream client is shared by every request of a process: a cookie the upstream sets
+    in one answer (a load balancer's affinity, say) is not sent with the next request."""
+    client = Upstream(base_url=upstream.url, api_key=UPSTREAM_KEY, timeout=UPSTREAM_TIMEOUT)
+    try:
+        upstream.reset(Failure(429, {"error": {"message": "slow down", "type": "rate_limit"}}, headers=(("Set-Cookie", "affinity=alice; Path=/"),)))
+        with pytest.raises(APIError):
+            client.create({"model": MODEL, "messages": MESSAGES})
+        upstream.reset()
+        client.create({"model": MODEL, "messages": MESSAGES})
+    finally:
+        client.close()
+    assert "cookie" not in upstream.received[-1].headers
+
 # --- Server-sent events, however they arrive --------------------------------------------------
 
 EVENTS = [b'data: {"a":1}\n\n', b": keep-alive\n\n", b'data: {"b":2}\r\n\r\n', b"data: x\rdata: y\r\r", b"data: [DONE]\n\n"]

@@ -84,11 +84,13 @@ def _after_request(response: Response) -> Response:
     return response
 
 
-def _upstream_request(upstream_request: httpx.Request) -> None:
-    upstream_request.extensions[_STARTED] = time.perf_counter()
+def upstream_request(sent: httpx.Request) -> None:
+    """Note when the upstream request ``sent`` goes out (call it just before sending)."""
+    sent.extensions[_STARTED] = time.perf_counter()
 
 
-def _upstream_response(response: httpx.Response) -> None:
+def upstream_response(response: httpx.Response) -> None:
+    """Time and count the upstream's answer once its status and headers are in."""
     started = response.request.extensions.get(_STARTED)
     streams = "true" if response.request.headers.get("accept") == "text/event-stream" else "false"
     if started is not None:
@@ -96,9 +98,6 @@ def _upstream_response(response: httpx.Response) -> None:
     if response.status_code >= 400:
         UPSTREAM_ERRORS.labels(str(response.status_code)).inc()
 
-
-# Given to the upstream's httpx client: every request it sends is timed and its status counted.
-UPSTREAM_EVENT_HOOKS: dict[str, list[Any]] = {"request": [_upstream_request], "response": [_upstream_response]}
 
 
 def upstream_failed(reason: str) -> None:
