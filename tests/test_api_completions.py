@@ -326,3 +326,23 @@ def test_the_metadata_pair_counts_follow_every_write(client: FlaskClient, auth: 
     assert sorted(map(tuple, kept)) == sorted(map(tuple, fresh))
     assert ids(client.get(f"{URL}?metadata[team]=blue&metadata[n]=4", headers=auth).get_json()) == ["c0", "c4"]
     assert ids(client.get(f"{URL}?metadata[team]=red&metadata[n]=4", headers=auth).get_json()) == ["c9"]
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [[("team", "red")], [("team", "blue")], [("team", "red"), ("n", "2")], [("team", "blue"), ("n", "0")], [("n", "1"), ("team", "red")]],
+    ids=lambda pairs: "&".join(f"{k}={v}" for k, v in pairs),
+)
+def test_metadata_counts_agree_with_the_list_after_deletes_purges_and_changes(
+    client: FlaskClient, auth: dict, seeded: list, pairs: list[tuple[str, str]]
+) -> None:
+    """One or two metadata pairs are counted from the metadata tables alone (no completion is read):
+    a delete, a purge and a metadata change must leave them agreeing with the list."""
+    client.delete(f"{URL}/c1", headers=auth)
+    client.post(f"{URL}/c0", json={"metadata": {"team": "blue", "n": "0"}}, headers=auth)
+    with write_transaction() as session:
+        assert store.purge_batch(session, filter=validation.clean_filters(metadata=[("n", "3")]), created_before=2_000_000_000, limit=10) == ["c3"]
+    listed = search_ids(client, auth, [(f"metadata[{key}]", value) for key, value in pairs])
+    selection = validation.clean_filters(metadata=pairs)
+    assert store.count_completions(db.session, filter=selection) == len(listed)
+    assert store.count_completions(db.session, filter=selection, cap=1) == min(2, len(listed))

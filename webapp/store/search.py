@@ -255,7 +255,10 @@ def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
         return select(_fts_text.c.rowid.label("seq")).where(_fts_text.c.rowid.in_(grams), *checks)
     stmt = _fts_select(_fts_text, plan.trigram_terms)
     if plan.grams:
-        stmt = stmt.where(_fts_text.c.rowid.in_(_fts_select(_fts_grams, plan.grams)))
+        # ``rowid + 0``: a bare ``rowid IN (...)`` is handed to FTS5, which then runs the trigram
+        # query once per gram match (9 s for "order 发票" at a million rows); this way SQLite
+        # keeps the gram matches in a temporary index and checks each trigram match there (90 ms).
+        stmt = stmt.where((_fts_text.c.rowid + 0).in_(_fts_select(_fts_grams, plan.grams)))
     return stmt.where(*checks)
 
 
