@@ -202,8 +202,11 @@ def list_completions(session: Session, *, filter: Filter, page: PageQuery) -> Pa
     Raises ValidationError (param ``after``) when ``page.after`` names a completion that
     never existed; a deleted one still pages on from where it stood.
     """
-    stmt = _keyset(_filtered(session, select(Completion), filter=filter), after=page.after, order=page.order)
-    rows = list(session.scalars(stmt.limit(page.limit + 1)))
+    # The page's keys first, then its rows: sorting a driving set of candidates then moves
+    # keys, not whole completions (SQLite's sorter copies every column of every candidate).
+    keys = _keyset(_filtered(session, select(Completion.seq), filter=filter), after=page.after, order=page.order)
+    stmt = _keyset(select(Completion).where(Completion.seq.in_(keys.limit(page.limit + 1))), after=None, order=page.order)
+    rows = list(session.scalars(stmt))
     if not rows:
         # Only an empty page can hide a cursor that does not exist.
         _require_cursor(session, page.after)
