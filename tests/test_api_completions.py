@@ -255,6 +255,18 @@ def test_search(client: FlaskClient, auth: dict, searchable: list, case: SearchC
     assert store.count_completions(db.session, filter=selection, cap=1) == min(2, len(case.expected))
 
 
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: c.id)
+def test_search_finds_the_same_where_trigrams_are_blind_to_cjk(
+    client: FlaskClient, auth: dict, searchable: list, case: SearchCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a ``C`` ctype PostgreSQL's pg_trgm makes no trigrams of CJK text, and the CJK pairs
+    of a long term narrow instead: the answers stay the same (SQLite has no such case)."""
+    monkeypatch.setitem(search._TRIGRAMS_SEE_CJK, db.engine, False)
+    assert search_ids(client, auth, case.api_query()) == case.expected
+    selection = validation.clean_list_query(case.api_query()).filter
+    assert store.count_completions(db.session, filter=selection) == len(case.expected)
+
+
 @pytest.mark.parametrize("case", FILTER_CASES, ids=lambda c: c.id)
 def test_filter_counts(client: FlaskClient, auth: dict, seeded: list, case: FilterCase, plan: str) -> None:
     assert ids(client.get(f"{URL}?{case.api_query()}", headers=auth).get_json()) == case.expected
