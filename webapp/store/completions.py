@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, and_, bindparam, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import BigInteger, Connection, and_, bindparam, delete, exists, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
@@ -59,6 +59,8 @@ def get_completion(session: Session, *, completion_id: str) -> Completion:
 SELECTIVE_ROWS = 2000
 # How far a list page counts its matches exactly ("10,000+" beyond).
 COUNT_CAP = 10_000
+# PostgreSQL's memory for a search count's bitmaps (see count_completions).
+COUNT_WORK_MEM = "16MB"
 
 
 def _probe(session: Session, seqs: Any) -> list[int] | None:
@@ -267,6 +269,11 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
         counted = _count_pairs(session, filter.metadata, cap=cap)
         if counted is not None:
             return counted
+    if filter.search and session.get_bind().dialect.name == "postgresql":
+        # Room for an exact bitmap when two common terms' GIN matches are intersected: the default
+        # 4 MB makes it lossy at a million rows, and every row of those pages is re-checked
+        # ("order 发票": 570 -> 85 ms). For this transaction only.
+        session.execute(text(f"SET LOCAL work_mem = '{COUNT_WORK_MEM}'"))
     driver = _driver(session, filter)
     verified = search.indexed_matches(session, filter.search) if driver is None and filter.search else None
     if verified is None:
