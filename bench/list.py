@@ -6,13 +6,14 @@ Uses the databases of bench/search.py (bench/seed.py: multilingual conversations
 ``team`` 1/4, ``shard`` 1/4, ``parity`` 1/2 and ``rare`` 1/1000; a URL already holding that
 many bench completions is reused) and times the list queries the API and the admin UI
 make: first page, a deep cursor, the model filter, common and rare metadata filters and
-their combinations, newest first. Prints median and p95 per shape and per size, and the
-ratio of the largest size to the first.
+their combinations, newest first, and the capped match count the admin list shows beside
+such a page. Prints median and p95 per shape and per size, and the ratio of the largest
+size to the first.
 """
 
 from __future__ import annotations
 
-from seed import Shape, arguments, compare
+from seed import Shape, arguments, capped_count, compare
 
 from webapp import store
 from webapp.extensions import db
@@ -27,6 +28,10 @@ def page(*, model: str | None = None, metadata: dict[str, str] | None = None, **
         [store.completion_object(row) for row in rows]
 
     return run
+
+
+def count(*, model: str | None = None, metadata: dict[str, str] | None = None):
+    return capped_count(Filter(model=model, metadata=metadata or {}))
 
 
 def shapes(rows: int, repeat: int) -> list[Shape]:
@@ -44,6 +49,11 @@ def shapes(rows: int, repeat: int) -> list[Shape]:
         ("common + rare filter", page(metadata={"team": "team-0", "rare": "yes"}, order="desc"), repeat),
         ("rare filter + deep cursor", page(metadata={"rare": "yes"}, after=middle), repeat),
         ("absent metadata value", page(metadata={"team": "nobody"}), repeat),
+        ("capped count, model filter", count(model="model-3"), repeat),
+        ("capped count, common metadata filter", count(metadata={"team": "team-2"}), repeat),
+        ("capped count, rare metadata filter", count(metadata={"rare": "yes"}), repeat),
+        ("capped count, two common filters", count(metadata={"team": "team-2", "shard": "shard-1"}), repeat),
+        ("capped count, common + rare filter", count(metadata={"team": "team-0", "rare": "yes"}), repeat),
     ]
 
 

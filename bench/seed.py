@@ -232,6 +232,13 @@ def timed(run: Callable[[], Any], repeat: int) -> Timing:
 Shape = tuple[str, Callable[[], Any], int]
 
 
+def capped_count(selection: Any) -> Callable[[], int]:
+    """Return the capped match count the admin list shows beside a page of ``selection`` (a Filter)."""
+    from webapp.store.completions import COUNT_CAP
+
+    return lambda: store.count_completions(db.session, filter=selection, cap=COUNT_CAP)
+
+
 def compare(shapes: Callable[[int], list[Shape]], *, sizes: list[int], urls: list[str | None]) -> None:
     """Measure every shape (``shapes(rows)`` names them for a size) at every size, the first size
     being the baseline, and print one table: median and p95 per size, and the ratio of medians."""

@@ -255,6 +255,18 @@ def test_search(client: FlaskClient, auth: dict, searchable: list, case: SearchC
     assert store.count_completions(db.session, filter=selection, cap=1) == min(2, len(case.expected))
 
 
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: c.id)
+def test_search_finds_the_same_where_trigrams_are_blind_to_cjk(
+    client: FlaskClient, auth: dict, searchable: list, case: SearchCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a ``C`` ctype PostgreSQL's pg_trgm makes no trigrams of CJK text, and the CJK pairs
+    of a long term narrow instead: the answers stay the same (SQLite has no such case)."""
+    monkeypatch.setitem(search._TRIGRAMS_SEE_CJK, db.engine, False)
+    assert search_ids(client, auth, case.api_query()) == case.expected
+    selection = validation.clean_list_query(case.api_query()).filter
+    assert store.count_completions(db.session, filter=selection) == len(case.expected)
+
+
 @pytest.mark.parametrize("case", FILTER_CASES, ids=lambda c: c.id)
 def test_filter_counts(client: FlaskClient, auth: dict, seeded: list, case: FilterCase, plan: str) -> None:
     assert ids(client.get(f"{URL}?{case.api_query()}", headers=auth).get_json()) == case.expected
@@ -326,3 +338,23 @@ def test_the_metadata_pair_counts_follow_every_write(client: FlaskClient, auth: 
     assert sorted(map(tuple, kept)) == sorted(map(tuple, fresh))
     assert ids(client.get(f"{URL}?metadata[team]=blue&metadata[n]=4", headers=auth).get_json()) == ["c0", "c4"]
     assert ids(client.get(f"{URL}?metadata[team]=red&metadata[n]=4", headers=auth).get_json()) == ["c9"]
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [[("team", "red")], [("team", "blue")], [("team", "red"), ("n", "2")], [("team", "blue"), ("n", "0")], [("n", "1"), ("team", "red")]],
+    ids=lambda pairs: "&".join(f"{k}={v}" for k, v in pairs),
+)
+def test_metadata_counts_agree_with_the_list_after_deletes_purges_and_changes(
+    client: FlaskClient, auth: dict, seeded: list, pairs: list[tuple[str, str]]
+) -> None:
+    """One or two metadata pairs are counted from the metadata tables alone (no completion is read):
+    a delete, a purge and a metadata change must leave them agreeing with the list."""
+    client.delete(f"{URL}/c1", headers=auth)
+    client.post(f"{URL}/c0", json={"metadata": {"team": "blue", "n": "0"}}, headers=auth)
+    with write_transaction() as session:
+        assert store.purge_batch(session, filter=validation.clean_filters(metadata=[("n", "3")]), created_before=2_000_000_000, limit=10) == ["c3"]
+    listed = search_ids(client, auth, [(f"metadata[{key}]", value) for key, value in pairs])
+    selection = validation.clean_filters(metadata=pairs)
+    assert store.count_completions(db.session, filter=selection) == len(listed)
+    assert store.count_completions(db.session, filter=selection, cap=1) == min(2, len(listed))

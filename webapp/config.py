@@ -175,7 +175,9 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             connect_args={
                 "connect_timeout": max(1, int(timeout)),
                 # A statement that cannot finish in time is cut off instead of holding a worker.
-                "options": f"-c statement_timeout={int(timeout * 6000)}",
+                # No JIT: every query here reads a bounded page or a capped count, and compiling
+                # one (chosen by cost estimates, which a LIMIT inflates) took longer than running it.
+                "options": f"-c statement_timeout={int(timeout * 6000)} -c jit=off",
             },
         )
     config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", options)
