@@ -9,12 +9,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event
 
 from webapp import validation
 from webapp.admin.views import PAGE_SIZE
 from webapp.extensions import db
-from webapp.models import MetadataChange
 
 from .admin_helpers import Admin, element, form_fields, metadata_of, text
 from .cases import FILTER_CASES, SEARCH_CASES, FilterCase, SearchCase, message_of

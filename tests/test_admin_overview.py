@@ -7,18 +7,16 @@ import html
 import re
 import time
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 
 from webapp import store, validation
 from webapp.extensions import write_transaction
 
 from .admin_helpers import Admin, element
 from .cases import message_of
-from .helpers import completion_body, seed
+from .helpers import seed
 from .test_overview_rollup import record
 
 T0 = 1_767_225_600  # Thursday 1 January 2026 00:00:00 UTC
