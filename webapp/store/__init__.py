@@ -53,7 +53,7 @@ from .completions import (
     tombstone_values,
     update_metadata,
 )
-from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
+from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, PreparedBatch, prepare_batch, upsert_completions
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -105,6 +105,7 @@ __all__ = [
     "NotUndoable",
     "Page",
     "PreconditionFailed",
+    "PreparedBatch",
     "ROW_REFUSALS",
     "Reservation",
     "SIGN_IN_WINDOW",
@@ -157,6 +158,7 @@ __all__ = [
     "message_objects",
     "metadata_history",
     "mint_completion_id",
+    "prepare_batch",
     "purge_batch",
     "purge_deleted_history_batch",
     "release_reservation",
