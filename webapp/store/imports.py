@@ -12,7 +12,9 @@ Nothing here commits: one batch is meant to be one transaction of the caller's.
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,14 +134,32 @@ def _statements(dialect: Dialect, names: list[str]) -> _Statements:
     return built
 
 
-def _insert(connection: Connection, statements: _Statements, statement: str, rows: list[tuple[Any, ...]]) -> int:
-    """Insert ``rows`` with ``statement`` (COPY on PostgreSQL, executemany elsewhere); return how many went in.
+@functools.lru_cache(maxsize=64)
+def _many_rows(statement: str, count: int) -> str:
+    """Return the one-row ``INSERT ... VALUES (?, ...) [tail]`` ``statement`` made to insert ``count`` rows."""
+    head, _, rest = statement.partition(" VALUES ")
+    group, _, tail = rest.partition(")")
+    return f"{head} VALUES {', '.join([group + ')'] * count)}{tail}"
 
-    COPY has no ON CONFLICT: an id stored meanwhile by another writer makes it fail as a
-    whole with IntegrityError, and the caller writes the batch again line by line.
+
+def _insert(connection: Connection, statements: _Statements, statement: str, rows: list[tuple[Any, ...]]) -> int:
+    """Insert ``rows`` with ``statement`` (COPY on PostgreSQL, multi-row VALUES elsewhere); return how many went in.
+
+    SQLite: as many rows a statement as its parameter limit allows, so that the database
+    works through hundreds of rows in one call without the GIL (an ``executemany`` takes the
+    GIL back after every row, and waits for it while the reading thread runs). COPY has no
+    ON CONFLICT: an id stored meanwhile by another writer makes it fail as a whole with
+    IntegrityError, and the caller writes the batch again line by line.
     """
     if not statements.copy:
-        return connection.exec_driver_sql(statement, rows).rowcount
+        driver_connection = connection.connection.driver_connection
+        per_statement = max(1, driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0]))  # type: ignore[union-attr]
+        inserted = 0
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            flat = tuple(value for row in chunk for value in row)
+            inserted += connection.exec_driver_sql(_many_rows(statement, len(chunk)), flat).rowcount
+        return inserted
     driver = connection.dialect.dbapi
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
