@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Integer, Text, any_, bindparam, column, func, literal, select, true, union_all
+from sqlalchemy import BigInteger, Connection, Integer, Text, any_, bindparam, case, cast, column, func, literal, select, true, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
@@ -126,19 +126,46 @@ def _upsert(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
+def _batch_usage(dialect: str) -> Any:
+    """Return the live rows among the ``seqs`` as (created, model, prompt_tokens, completion_tokens), by the triggers' rule."""
+    batch = (member_of(dialect, Completion.seq, name="seqs"), Completion.deleted.is_(False))
+    if dialect != "postgresql":
+        tokens = [usage_tokens(dialect, name).label(name) for name in ("prompt_tokens", "completion_tokens")]
+        return select(Completion.created, Completion.model, *tokens).where(*batch).subquery("batch_rows")
+    # PostgreSQL reads a json value by parsing its text, for each operator. So the usage is
+    # taken out of the body once per row (MATERIALIZED: not folded back into each use), and
+    # only where the body holds no \u escape at all, which the parser may refuse (0007); such
+    # a body, or one without usage, is read by the triggers' own function instead.
+    parsable = func.strpos(cast(Completion.body, Text), "\\u") == 0
+    rows = (
+        select(Completion.created, Completion.model, Completion.body, case((parsable, Completion.body["usage"])).label("usage"))
+        .where(*batch)
+        .cte("batch_rows")
+        .prefix_with("MATERIALIZED")
+    )
+    tokens = [
+        case(
+            (rows.c.usage.is_not(None), func.completion_usage_count(rows.c.usage[name])),
+            else_=usage_tokens(dialect, name, body=rows.c.body),
+        ).label(name)
+        for name in ("prompt_tokens", "completion_tokens")
+    ]
+    return select(rows.c.created, rows.c.model, *tokens).subquery("batch_usage")
+
+
 def _roll_up(dialect: str) -> Any:
     """Return the statement adding the live rows among the ``seqs`` to ``completion_rollup``, as the 0007 triggers count them."""
-    hour = bucket_start(Completion.created, HOUR).label("start")
+    rows = _batch_usage(dialect)
+    hour = bucket_start(rows.c.created, HOUR).label("start")
     hours = (
         select(
             hour,
-            Completion.model.label("model"),
+            rows.c.model,
             func.count().label("completions"),
-            func.sum(usage_tokens(dialect, "prompt_tokens")).label("prompt_tokens"),
-            func.sum(usage_tokens(dialect, "completion_tokens")).label("completion_tokens"),
+            func.sum(rows.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(rows.c.completion_tokens).label("completion_tokens"),
         )
-        .where(member_of(dialect, Completion.seq, name="seqs"), Completion.deleted.is_(False))
-        .group_by(hour, Completion.model)
+        .group_by(hour, rows.c.model)
         .cte("hours")
     )
     # A day is whole hours: the day buckets are sums of the hour buckets.

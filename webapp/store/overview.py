@@ -97,10 +97,13 @@ def bucket_start(column: Any, span: int) -> ColumnElement[int]:
     return column - (((column % span) + span) % span)
 
 
-def usage_tokens(dialect: str, name: str) -> ColumnElement[int]:
-    """Return the SQL for one usage count of a completion row on ``dialect``, by the triggers' rule."""
+def usage_tokens(dialect: str, name: str, *, body: Any = Completion.body) -> ColumnElement[int]:
+    """Return the SQL for one usage count of a completion row on ``dialect``, by the triggers' rule.
+
+    ``body``: where the row's body is (PostgreSQL only; default the ``completions`` column).
+    """
     if dialect == "postgresql":
-        return func.completion_usage_tokens(Completion.body, name)
+        return func.completion_usage_tokens(body, name)
     path = f"'$.usage.{name}'"
     return literal_column(
         f"CASE WHEN json_valid(completions.body) THEN (CASE WHEN json_type(completions.body, {path}) = 'integer' "
