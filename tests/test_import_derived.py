@@ -167,3 +167,37 @@ def _triggers() -> list[tuple[str, str]]:
                 sa.text("SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal ORDER BY tgname")
             )
         return [tuple(row) for row in rows]
+
+
+def test_a_writer_that_fails_stops_the_import_with_its_error(database_url: str, tmp_path: Path) -> None:
+    """The writer thread stops on a database error (the store held by another writer past the
+    timeout): the import ends with that error instead of hanging, writes nothing half, and a
+    re-run stores every line."""
+    from webapp import create_app
+
+    app = create_app({"DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET_KEY, "TESTING": True, "DATABASE_TIMEOUT": 0.2})
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in records()), encoding="utf-8")
+    with app.app_context():
+        empty_database()
+        other_writer = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+        holder = other_writer.connect()
+        try:
+            if db.engine.dialect.name == "sqlite":
+                holder.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                holder.begin()
+                holder.exec_driver_sql("LOCK TABLE completions IN ACCESS EXCLUSIVE MODE")
+            result = app.test_cli_runner().invoke(args=["import", str(path)])
+        finally:
+            holder.rollback()
+            holder.close()
+            other_writer.dispose()
+        assert result.exit_code != 0 and isinstance(result.exception, sa.exc.OperationalError), result.output
+        assert db.session.scalar(select(sa.func.count()).select_from(Completion)) == 0
+        assert_consistent(db.engine.dialect.name)
+        again = app.test_cli_runner().invoke(args=["import", str(path)])
+        assert "Imported 42 completions (42 new or changed, 0 unchanged)" in again.output, again.output
+        assert_consistent(db.engine.dialect.name)
+        empty_database()
+        db.engine.dispose()

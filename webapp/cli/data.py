@@ -68,7 +68,9 @@ def write_completions(
     try:
         with write_transaction() as session:
             outcome = store.upsert_completions(session, completions=completions, actor=actor, prepared=prepared)
-    except store.ROW_REFUSALS:
+    except store.ROW_REFUSALS as exc:
+        if not store.refuses_a_row(exc):
+            raise
         outcome = None
     if outcome is not None:
         tally.changed += len(outcome.changed)
@@ -80,6 +82,8 @@ def write_completions(
                 with session.begin_nested():
                     one = store.upsert_completions(session, completions=[completion], actor=actor)
             except store.ROW_REFUSALS as exc:
+                if not store.refuses_a_row(exc):
+                    raise
                 tally.refused += 1
                 report(label, _refusal(exc))
                 continue
@@ -110,9 +114,10 @@ class BatchWriter:
         self._queue.put((batch, prepared))
 
     def close(self) -> None:
-        """Wait until every queued batch is written (or skipped, once the writer has stopped)."""
-        self._queue.put(None)
-        self._thread.join()
+        """Wait until every queued batch is written (or skipped, once the writer has stopped); again: nothing."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def raise_failure(self) -> None:
         """Raise what stopped the writer, if anything did."""
@@ -134,7 +139,9 @@ def _prepared(batch: Sequence[tuple[str, store.IncomingCompletion]]) -> store.Pr
     """Return the batch's values, computed before its transaction; None when a value is refused (the writer then finds which)."""
     try:
         return store.prepare_batch(db.engine.dialect, [completion for _label, completion in batch])
-    except store.ROW_REFUSALS:
+    except store.ROW_REFUSALS as exc:
+        if not store.refuses_a_row(exc):
+            raise
         return None
 
 
@@ -187,18 +194,18 @@ def import_command(file: IO[bytes]) -> None:
     # Unsized (stdin): a bar with no end that counts lines, given an iterable of unknown length.
     bar_args: dict[str, Any] = {"length": total} if total is not None else {"iterable": (n for n in ()), "show_pos": True}
     writer = BatchWriter(actor="import", report=report)
-    with _bulk_load(), click.progressbar(label="Importing", file=sys.stderr, **bar_args) as bar:
+    try:
+        with _bulk_load(), click.progressbar(label="Importing", file=sys.stderr, **bar_args) as bar:
 
-        def flush() -> None:
-            nonlocal pending_bytes
-            if batch:
-                writer.put(batch.copy(), _prepared(batch))
-            bar.update(pending_bytes if total is not None else len(batch))
-            batch.clear()
-            ids.clear()
-            pending_bytes = 0
+            def flush() -> None:
+                nonlocal pending_bytes
+                if batch:
+                    writer.put(batch.copy(), _prepared(batch))
+                bar.update(pending_bytes if total is not None else len(batch))
+                batch.clear()
+                ids.clear()
+                pending_bytes = 0
 
-        try:
             for number, raw in enumerate(file, start=1):
                 pending_bytes += len(raw)
                 if not raw.strip():
@@ -218,9 +225,10 @@ def import_command(file: IO[bytes]) -> None:
                     (str(number), store.IncomingCompletion(body=record, messages=record["messages"], metadata=record["metadata"]))
                 )
             flush()
-        finally:
-            # Also when reading fails: what was queued is whole lines, written as usual.
-            writer.close()
+            writer.close()  # the bar ends when the last batch is written
+    finally:
+        # Also when reading fails: what was queued is whole lines, written as usual.
+        writer.close()
     writer.raise_failure()
     tally.add(writer.tally)
     click.echo(

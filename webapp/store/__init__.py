@@ -53,7 +53,15 @@ from .completions import (
     tombstone_values,
     update_metadata,
 )
-from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, PreparedBatch, prepare_batch, upsert_completions
+from .imports import (
+    ROW_REFUSALS,
+    BatchOutcome,
+    IncomingCompletion,
+    PreparedBatch,
+    prepare_batch,
+    refuses_a_row,
+    upsert_completions,
+)
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -161,6 +169,7 @@ __all__ = [
     "prepare_batch",
     "purge_batch",
     "purge_deleted_history_batch",
+    "refuses_a_row",
     "release_reservation",
     "reserve_completion_id",
     "read_rollup",

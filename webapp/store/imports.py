@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import JSON, Connection, Dialect, String, Text, cast, delete, func, select
-from sqlalchemy.exc import DBAPIError, DataError, IntegrityError, ProgrammingError, StatementError
+from sqlalchemy.exc import DBAPIError, DataError, IntegrityError, OperationalError, ProgrammingError, StatementError
 from sqlalchemy.orm import Session
 
 from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
@@ -58,8 +58,14 @@ class ConcurrentInsert(Exception):
 
 # What a database may answer about one bad row (a value too long or out of range for its
 # column, a race on an id): the batch is then written again line by line to name the row.
-# OperationalError (locked, gone) is not among them: it is about the database, not the row.
+# OperationalError (locked, gone, timed out) is not among them: it is about the database, not
+# the row. It is a StatementError too, so catch these with ``refuses_a_row``.
 ROW_REFUSALS = (IntegrityError, DataError, ProgrammingError, StatementError, OverflowError, ConcurrentInsert)
+
+
+def refuses_a_row(exc: BaseException) -> bool:
+    """Return whether ``exc`` (one of ``ROW_REFUSALS``) is about a row, not about the database itself."""
+    return isinstance(exc, ROW_REFUSALS) and not isinstance(exc, OperationalError)
 
 
 @dataclass(frozen=True)
