@@ -53,7 +53,15 @@ from .completions import (
     tombstone_values,
     update_metadata,
 )
-from .imports import ROW_REFUSALS, BatchOutcome, IncomingCompletion, upsert_completions
+from .imports import (
+    ROW_REFUSALS,
+    BatchOutcome,
+    IncomingCompletion,
+    PreparedBatch,
+    prepare_batch,
+    refuses_a_row,
+    upsert_completions,
+)
 from .keys import (
     authenticate_api_key,
     count_api_keys,
@@ -105,6 +113,7 @@ __all__ = [
     "NotUndoable",
     "Page",
     "PreconditionFailed",
+    "PreparedBatch",
     "ROW_REFUSALS",
     "Reservation",
     "SIGN_IN_WINDOW",
@@ -157,8 +166,10 @@ __all__ = [
     "message_objects",
     "metadata_history",
     "mint_completion_id",
+    "prepare_batch",
     "purge_batch",
     "purge_deleted_history_batch",
+    "refuses_a_row",
     "release_reservation",
     "reserve_completion_id",
     "read_rollup",

@@ -12,18 +12,20 @@ Nothing here commits: one batch is meant to be one transaction of the caller's.
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Connection, String, Text, any_, bindparam, cast, column, delete, func, select
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DBAPIError, DataError, IntegrityError, ProgrammingError, StatementError
+from sqlalchemy import JSON, Connection, Dialect, String, Text, cast, delete, func, select
+from sqlalchemy.exc import DBAPIError, DataError, IntegrityError, OperationalError, ProgrammingError, StatementError
 from sqlalchemy.orm import Session
 
 from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
 from .completions import completion_values
+from .derived import deferred_derived_data, listed, member_of
 
 COMPLETIONS = Completion.__table__
 METADATA_ROWS = CompletionMetadata.__table__
@@ -56,8 +58,14 @@ class ConcurrentInsert(Exception):
 
 # What a database may answer about one bad row (a value too long or out of range for its
 # column, a race on an id): the batch is then written again line by line to name the row.
-# OperationalError (locked, gone) is not among them: it is about the database, not the row.
+# OperationalError (locked, gone, timed out) is not among them: it is about the database, not
+# the row. It is a StatementError too, so catch these with ``refuses_a_row``.
 ROW_REFUSALS = (IntegrityError, DataError, ProgrammingError, StatementError, OverflowError, ConcurrentInsert)
+
+
+def refuses_a_row(exc: BaseException) -> bool:
+    """Return whether ``exc`` (one of ``ROW_REFUSALS``) is about a row, not about the database itself."""
+    return isinstance(exc, ROW_REFUSALS) and not isinstance(exc, OperationalError)
 
 
 @dataclass(frozen=True)
@@ -78,13 +86,12 @@ class _Statements:
 _STATEMENTS: dict[tuple[str, tuple[str, ...]], _Statements] = {}
 
 
-def _statements(session: Session, names: list[str]) -> _Statements:
+def _statements(dialect: Dialect, names: list[str]) -> _Statements:
     """Return (built once per database and column set) the driver SQL of a batch.
 
     Plain driver ``executemany`` with the JSON serialised once per value: SQLAlchemy's
     per-row parameter processing cost more than the database's own work here.
     """
-    dialect = session.get_bind().dialect
     cached = _STATEMENTS.get((dialect.name, tuple(names)))
     if cached is not None:
         return cached
@@ -133,14 +140,32 @@ def _statements(session: Session, names: list[str]) -> _Statements:
     return built
 
 
-def _insert(connection: Connection, statements: _Statements, statement: str, rows: list[tuple[Any, ...]]) -> int:
-    """Insert ``rows`` with ``statement`` (COPY on PostgreSQL, executemany elsewhere); return how many went in.
+@functools.lru_cache(maxsize=64)
+def _many_rows(statement: str, count: int) -> str:
+    """Return the one-row ``INSERT ... VALUES (?, ...) [tail]`` ``statement`` made to insert ``count`` rows."""
+    head, _, rest = statement.partition(" VALUES ")
+    group, _, tail = rest.partition(")")
+    return f"{head} VALUES {', '.join([group + ')'] * count)}{tail}"
 
-    COPY has no ON CONFLICT: an id stored meanwhile by another writer makes it fail as a
-    whole with IntegrityError, and the caller writes the batch again line by line.
+
+def _insert(connection: Connection, statements: _Statements, statement: str, rows: list[tuple[Any, ...]]) -> int:
+    """Insert ``rows`` with ``statement`` (COPY on PostgreSQL, multi-row VALUES elsewhere); return how many went in.
+
+    SQLite: as many rows a statement as its parameter limit allows, so that the database
+    works through hundreds of rows in one call without the GIL (an ``executemany`` takes the
+    GIL back after every row, and waits for it while the reading thread runs). COPY has no
+    ON CONFLICT: an id stored meanwhile by another writer makes it fail as a whole with
+    IntegrityError, and the caller writes the batch again line by line.
     """
     if not statements.copy:
-        return connection.exec_driver_sql(statement, rows).rowcount
+        driver_connection = connection.connection.driver_connection
+        per_statement = max(1, driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0]))  # type: ignore[union-attr]
+        inserted = 0
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            flat = tuple(value for row in chunk for value in row)
+            inserted += connection.exec_driver_sql(_many_rows(statement, len(chunk)), flat).rowcount
+        return inserted
     driver = connection.dialect.dbapi
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -153,17 +178,19 @@ def _insert(connection: Connection, statements: _Statements, statement: str, row
     return len(rows)
 
 
-def _id_in(connection: Connection, ids: list[str]) -> Any:
-    """Return the condition "the completion's id is one of ``ids``", cheap for a thousand ids.
+def _fetch_all(connection: Connection, statement: Any, parameters: dict[str, Any]) -> list[Sequence[Any]]:
+    """Return the rows of ``statement``; on SQLite as one JSON array made by the database, in one step.
 
-    One parameter whatever the count (an array on PostgreSQL, a JSON array read by
-    ``json_each`` on SQLite): a thousand separate parameters cost more to render and parse
-    than the query takes to run.
+    Python's sqlite3 hands the GIL back and forth for every row it steps through, and a
+    thousand rows then wait a thousand times for the reading thread to let go of it. JSON
+    keeps what the driver would give: integers, text (the JSON columns are selected as
+    text) and NULL.
     """
-    if connection.dialect.name == "postgresql":
-        return Completion.id == any_(bindparam("ids", value=ids, type_=ARRAY(String)))
-    listed = select(column("value")).select_from(func.json_each(bindparam("ids", value=json.dumps(ids), type_=Text)))
-    return Completion.id.in_(listed)
+    if connection.dialect.name != "sqlite":
+        return list(connection.execute(statement, parameters))
+    rows = statement.subquery()
+    packed = select(func.json_group_array(func.json_array(*rows.c)))
+    return json.loads(connection.execute(packed, parameters).scalar_one())
 
 
 def _driver_row(statements: _Statements, values: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -185,34 +212,62 @@ def _same(statements: _Statements, stored: Sequence[Any], new: Sequence[Any], ra
     return True
 
 
-def upsert_completions(session: Session, *, completions: Sequence[IncomingCompletion], actor: str) -> BatchOutcome:
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch's column values and driver rows, computed before its write transaction begins."""
+
+    statements: _Statements
+    raw: list[dict[str, Any]]  # completion_values of each completion
+    rows: list[tuple[Any, ...]]  # the same as the driver takes them
+    ids: list[str]
+
+
+def prepare_batch(dialect: Dialect, completions: Sequence[IncomingCompletion]) -> PreparedBatch:
+    """Return the values :func:`upsert_completions` writes for ``completions`` (distinct ids) on ``dialect``.
+
+    Pure computation, no database: a caller may prepare the next batch while one is written.
+    """
+    if not completions:
+        raise ValueError("prepare_batch needs at least one completion")
+    raw = [completion_values(body=c.body, messages=c.messages, metadata=c.metadata) for c in completions]
+    sql = _statements(dialect, list(raw[0]))
+    rows = [_driver_row(sql, values) for values in raw]
+    id_at = sql.names.index("id")
+    ids = [row[id_at] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("upsert_completions needs distinct ids in one batch")
+    return PreparedBatch(statements=sql, raw=raw, rows=rows, ids=ids)
+
+
+def upsert_completions(
+    session: Session, *, completions: Sequence[IncomingCompletion], actor: str, prepared: PreparedBatch | None = None
+) -> BatchOutcome:
     """Insert or replace each completion by id, in a few statements for the whole batch.
 
     The ids must be distinct (a caller splits its batch where an id repeats). Column values
-    come from :func:`~.completions.completion_values` only. Returns which ids changed and
+    come from :func:`~.completions.completion_values` only (``prepared``: already computed by
+    :func:`prepare_batch` for these ``completions``). Returns which ids changed and
     which were already stored exactly so. Raises one of ``ROW_REFUSALS`` when the database
     refuses a row; the caller's transaction should then be rolled back (the batch may be
     half written) and the completions written one by one to find the culprit.
     """
     if not completions:
         return BatchOutcome(changed=[], unchanged=[])
-    raw = [completion_values(body=c.body, messages=c.messages, metadata=c.metadata) for c in completions]
-    sql = _statements(session, list(raw[0]))
+    if prepared is None:
+        prepared = prepare_batch(session.get_bind().dialect, completions)
+    sql, raw, rows, ids = prepared.statements, prepared.raw, prepared.rows, prepared.ids
     names = sql.names
     id_at, deleted_at, metadata_at = names.index("id"), names.index("deleted"), names.index("metadata_map")
-    rows = [_driver_row(sql, values) for values in raw]
-    ids = [row[id_at] for row in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError("upsert_completions needs distinct ids in one batch")
     now = sql.when(utcnow())
     connection = session.connection()
 
     as_text = [cast(getattr(Completion, n), Text) if j else getattr(Completion, n) for n, j in zip(names, sql.json)]
-    look_up = select(Completion.seq, *as_text).where(_id_in(connection, ids))
+    dialect = connection.dialect.name
+    look_up = select(Completion.seq, *as_text).where(member_of(dialect, Completion.id, name="ids", element=String))
     if connection.dialect.name == "postgresql":
         # Hold the rows until the batch commits, so no API write lands between compare and write.
         look_up = look_up.with_for_update()
-    stored = {row[1 + id_at]: row for row in connection.execute(look_up)}
+    stored = {row[1 + id_at]: row for row in _fetch_all(connection, look_up, {"ids": listed(dialect, ids)})}
 
     new: list[int] = []  # indexes into rows
     updates: list[tuple[int, int, dict[str, str]]] = []  # index, seq, metadata before
@@ -227,30 +282,39 @@ def upsert_completions(session: Session, *, completions: Sequence[IncomingComple
             before = {} if old[1 + deleted_at] else json.loads(old[1 + metadata_at] or "{}")
             updates.append((index, old[0], before))
 
-    seq_of: dict[str, int] = {}
-    if new:
-        new_ids = [ids[i] for i in new]
-        if _insert(connection, sql, sql.insert, [rows[i] + (1, now) for i in new]) != len(new):
-            raise ConcurrentInsert(set(connection.scalars(select(Completion.id).where(_id_in(connection, new_ids)))))
-        seq_of = dict(connection.execute(select(Completion.id, Completion.seq).where(_id_in(connection, new_ids))).all())
+    if not new and not updates:
+        return BatchOutcome(changed=[], unchanged=unchanged)
 
-    # Metadata pairs and history only where the metadata changed (a revived tombstone had none).
-    moved = [(i, seq, before) for i, seq, before in updates if before != raw[i]["metadata_map"]]
-    if updates:
-        connection.exec_driver_sql(sql.update, [rows[i] + (now, seq) for i, seq, _before in updates])
-        if moved:
-            connection.execute(delete(CompletionMetadata).where(CompletionMetadata.completion_seq.in_([s for _i, s, _b in moved])))
-    targets = [(i, seq_of[ids[i]], {}) for i in new] + moved
-    pairs = [(seq, key, value) for i, seq, _before in targets for key, value in raw[i]["metadata_map"].items()]
-    if pairs:
-        _insert(connection, sql, sql.insert_pairs, pairs)
-    history = [
-        (ids[i], actor, "{}" if not before else json.dumps(before), rows[i][metadata_at], now)
-        for i, _seq, before in targets
-        if before != raw[i]["metadata_map"]
-    ]
-    if history:
-        _insert(connection, sql, sql.insert_history, history)
+    # The INSERT triggers stand aside: the derived data of the batch's inserts is kept in a
+    # few statements at its end (store.derived), in this transaction.
+    with deferred_derived_data(connection) as deferred:
+        seq_of: dict[str, int] = {}
+        if new:
+            new_ids = member_of(dialect, Completion.id, name="ids", element=String)
+            given = {"ids": listed(dialect, [ids[i] for i in new])}
+            if _insert(connection, sql, sql.insert, [rows[i] + (1, now) for i in new]) != len(new):
+                raise ConcurrentInsert(set(connection.scalars(select(Completion.id).where(new_ids), given)))
+            seq_of = dict(_fetch_all(connection, select(Completion.id, Completion.seq).where(new_ids), given))
+            deferred.inserted.extend(seq_of.values())
+
+        # Metadata pairs and history only where the metadata changed (a revived tombstone had none).
+        moved = [(i, seq, before) for i, seq, before in updates if before != raw[i]["metadata_map"]]
+        if updates:
+            connection.exec_driver_sql(sql.update, [rows[i] + (now, seq) for i, seq, _before in updates])
+            if moved:
+                connection.execute(delete(CompletionMetadata).where(CompletionMetadata.completion_seq.in_([s for _i, s, _b in moved])))
+        targets = [(i, seq_of[ids[i]], {}) for i in new] + moved
+        pairs = [(seq, key, value) for i, seq, _before in targets for key, value in raw[i]["metadata_map"].items()]
+        if pairs:
+            _insert(connection, sql, sql.insert_pairs, pairs)
+            deferred.metadata.extend(seq for _i, seq, _before in targets)
+        history = [
+            (ids[i], actor, "{}" if not before else json.dumps(before), rows[i][metadata_at], now)
+            for i, _seq, before in targets
+            if before != raw[i]["metadata_map"]
+        ]
+        if history:
+            _insert(connection, sql, sql.insert_history, history)
 
     changed = {ids[i] for i in new} | {ids[i] for i, _s, _b in updates}
     return BatchOutcome(changed=[i for i in ids if i in changed], unchanged=unchanged)

@@ -91,15 +91,19 @@ def ceil_to(value: int, span: int) -> int:
     return -floor_to(-value, span)
 
 
-def _bucket(column: Any, span: int) -> ColumnElement[int]:
-    # Floor also below zero (SQL's % truncates towards zero), as the triggers compute it.
+def bucket_start(column: Any, span: int) -> ColumnElement[int]:
+    """Return the SQL for the start of the ``span``-second bucket holding ``column``, as the triggers compute it."""
+    # Floor also below zero (SQL's % truncates towards zero).
     return column - (((column % span) + span) % span)
 
 
-def _tokens(session: Session, name: str) -> ColumnElement[int]:
-    """Return the SQL for one usage count of a completion row, by the triggers' rule."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.completion_usage_tokens(Completion.body, name)
+def usage_tokens(dialect: str, name: str, *, body: Any = Completion.body) -> ColumnElement[int]:
+    """Return the SQL for one usage count of a completion row on ``dialect``, by the triggers' rule.
+
+    ``body``: where the row's body is (PostgreSQL only; default the ``completions`` column).
+    """
+    if dialect == "postgresql":
+        return func.completion_usage_tokens(body, name)
     path = f"'$.usage.{name}'"
     return literal_column(
         f"CASE WHEN json_valid(completions.body) THEN (CASE WHEN json_type(completions.body, {path}) = 'integer' "
@@ -110,20 +114,20 @@ def _tokens(session: Session, name: str) -> ColumnElement[int]:
 
 def _count_rows(session: Session, *, span: int, where: Iterable[Any], filter: Filter) -> Any:
     """Return the statement counting live completion rows per (bucket, model)."""
-    bucket = _bucket(Completion.created, span).label("bucket")
+    bucket = bucket_start(Completion.created, span).label("bucket")
     stmt = select(
         bucket,
         Completion.model,
         func.count().label("completions"),
-        func.sum(_tokens(session, "prompt_tokens")).label("prompt_tokens"),
-        func.sum(_tokens(session, "completion_tokens")).label("completion_tokens"),
+        func.sum(usage_tokens(session.get_bind().dialect.name, "prompt_tokens")).label("prompt_tokens"),
+        func.sum(usage_tokens(session.get_bind().dialect.name, "completion_tokens")).label("completion_tokens"),
     ).where(*where)
     return _filtered(session, stmt, filter=filter).group_by(bucket, Completion.model)
 
 
 def _count_rollup(*, source: int, span: int, start: int, end: int, model: str | None) -> Any:
     """Return the statement summing the rollup's ``source``-wide buckets in [start, end) into ``span``-wide ones."""
-    bucket = _bucket(CompletionRollup.start, span).label("bucket")
+    bucket = bucket_start(CompletionRollup.start, span).label("bucket")
     stmt = select(
         bucket,
         CompletionRollup.model,

@@ -1,0 +1,205 @@
+"""The derived data of a batch of inserted completions, kept per batch in set-based statements.
+
+Database triggers keep the data derived from completions row by row, whatever writes them:
+the SQLite search tables (migration 0004), ``metadata_pair_counts`` (0005) and
+``completion_rollup`` (0007). Row by row is right for a single write and dear for a batch
+(SQLite's FTS5 writes an index segment for every row a trigger inserts, a PostgreSQL trigger
+function runs per row). So a batch writer may *defer* the INSERT triggers inside its
+transaction (migration 0009: a row in ``derived_data_deferred`` on SQLite, which only the
+writing transaction ever sees; the transaction-local setting
+``completion_store.defer_derived_data`` on PostgreSQL), insert its rows, then end the
+deferral and keep the derived data of those rows in one statement each, before it commits:
+nothing is ever written half. UPDATE and DELETE triggers never stand aside, nor does any
+other writer's trigger (a single create through the API keeps everything in its own
+transaction, as before).
+
+The statements count by the very rules of the triggers: the rollup's bucket and token rule
+come from ``overview`` (which a test checks against a recount), the pair counts are the
+migration's own recount restricted to the batch, the search tables get the row's columns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import BigInteger, Connection, Integer, Text, any_, bindparam, case, cast, column, func, literal, select, true, union_all
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import aliased
+
+from ..models import Completion, CompletionMetadata, CompletionRollup, MetadataPairCount
+from .overview import DAY, HOUR, bucket_start, usage_tokens
+from .search import FTS_GRAMS, FTS_TRIGRAMS
+
+SQLITE_DEFERRAL_TABLE = "derived_data_deferred"  # made by migration 0009 (models.HAND_MADE_NAMES)
+POSTGRES_DEFERRAL_SETTING = "completion_store.defer_derived_data"
+
+
+def member_of(dialect: str, target: Any, *, name: str, element: Any = BigInteger) -> Any:
+    """Return the condition "``target`` is one of the values of parameter ``name``" (see :func:`listed`).
+
+    One parameter whatever the count (an array on PostgreSQL, a JSON array read by
+    ``json_each`` on SQLite): a thousand separate parameters cost more to render and parse
+    than the query takes to run.
+    """
+    if dialect == "postgresql":
+        return target == any_(bindparam(name, type_=ARRAY(element)))
+    return target.in_(select(column("value")).select_from(func.json_each(bindparam(name, type_=Text))))
+
+
+def listed(dialect: str, values: list[Any]) -> Any:
+    """Return ``values`` as the parameter of a :func:`member_of` condition takes them."""
+    return values if dialect == "postgresql" else json.dumps(values)
+
+
+@dataclass
+class DeferredRows:
+    """What a batch wrote while the INSERT triggers stood aside, for :func:`deferred_derived_data` to keep.
+
+    ``inserted``: the seqs of the completions it inserted. ``metadata``: the seqs of the
+    completions all of whose ``completion_metadata`` rows it inserted (a completion whose
+    metadata it replaced deletes the old rows first: DELETE triggers uncount them at once).
+    """
+
+    inserted: list[int] = field(default_factory=list)
+    metadata: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def deferred_derived_data(connection: Connection) -> Iterator[DeferredRows]:
+    """Defer the INSERT triggers for the block; when it ends, keep the derived data of what it recorded.
+
+    The block inserts rows and records them in the yielded :class:`DeferredRows`. When it
+    raises, nothing is kept and the deferral is left on: the caller's transaction (or
+    savepoint) must then be rolled back, as after any failed write, and the rollback ends it.
+    """
+    _set_deferral(connection, on=True)
+    rows = DeferredRows()
+    yield rows
+    _set_deferral(connection, on=False)
+    keep_derived_data(connection, rows)
+
+
+def _set_deferral(connection: Connection, *, on: bool) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.set_config(POSTGRES_DEFERRAL_SETTING, "on" if on else "off", True)))
+    elif on:
+        connection.exec_driver_sql(f"INSERT INTO {SQLITE_DEFERRAL_TABLE} (deferred) VALUES (1)")
+    else:
+        connection.exec_driver_sql(f"DELETE FROM {SQLITE_DEFERRAL_TABLE}")
+
+
+def keep_derived_data(connection: Connection, rows: DeferredRows) -> None:
+    """Index, count and roll up the rows a batch inserted while deferred, in one statement each."""
+    dialect = connection.dialect.name
+    roll_up, count_pairs = _statements(dialect)
+    if rows.inserted:
+        if dialect == "sqlite":
+            _index_for_search(connection, rows.inserted)
+        connection.execute(roll_up, {"seqs": listed(dialect, rows.inserted)})
+    if rows.metadata:
+        connection.execute(count_pairs, {"seqs": listed(dialect, rows.metadata)})
+
+
+@functools.cache
+def _statements(dialect: str) -> tuple[Any, Any]:
+    """Return the rollup and pair count statements of a database, built once."""
+    return _roll_up(dialect), _count_pairs(dialect)
+
+
+def _index_for_search(connection: Connection, seqs: list[int]) -> None:
+    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger of migration 0004 does."""
+    for table, name in ((FTS_TRIGRAMS, "search_text"), (FTS_GRAMS, "search_grams")):
+        connection.exec_driver_sql(
+            f"INSERT INTO {table}(rowid, {name}) SELECT seq, {name} FROM completions "
+            "WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL",
+            (json.dumps(seqs),),
+        )
+
+
+def _upsert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def _batch_usage(dialect: str) -> Any:
+    """Return the live rows among the ``seqs`` as (created, model, prompt_tokens, completion_tokens), by the triggers' rule."""
+    batch = (member_of(dialect, Completion.seq, name="seqs"), Completion.deleted.is_(False))
+    if dialect != "postgresql":
+        tokens = [usage_tokens(dialect, name).label(name) for name in ("prompt_tokens", "completion_tokens")]
+        return select(Completion.created, Completion.model, *tokens).where(*batch).subquery("batch_rows")
+    # PostgreSQL reads a json value by parsing its text, for each operator. So the usage is
+    # taken out of the body once per row (MATERIALIZED: not folded back into each use), and
+    # only where the body holds no \u escape at all, which the parser may refuse (0007); such
+    # a body, or one without usage, is read by the triggers' own function instead.
+    parsable = func.strpos(cast(Completion.body, Text), "\\u") == 0
+    rows = (
+        select(Completion.created, Completion.model, Completion.body, case((parsable, Completion.body["usage"])).label("usage"))
+        .where(*batch)
+        .cte("batch_rows")
+        .prefix_with("MATERIALIZED")
+    )
+    tokens = [
+        case(
+            (rows.c.usage.is_not(None), func.completion_usage_count(rows.c.usage[name])),
+            else_=usage_tokens(dialect, name, body=rows.c.body),
+        ).label(name)
+        for name in ("prompt_tokens", "completion_tokens")
+    ]
+    return select(rows.c.created, rows.c.model, *tokens).subquery("batch_usage")
+
+
+def _roll_up(dialect: str) -> Any:
+    """Return the statement adding the live rows among the ``seqs`` to ``completion_rollup``, as the 0007 triggers count them."""
+    rows = _batch_usage(dialect)
+    hour = bucket_start(rows.c.created, HOUR).label("start")
+    hours = (
+        select(
+            hour,
+            rows.c.model,
+            func.count().label("completions"),
+            func.sum(rows.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(rows.c.completion_tokens).label("completion_tokens"),
+        )
+        .group_by(hour, rows.c.model)
+        .cte("hours")
+    )
+    # A day is whole hours: the day buckets are sums of the hour buckets.
+    day = bucket_start(hours.c.start, DAY)
+    counted = union_all(
+        select(literal(HOUR, Integer).label("span"), hours.c.start, hours.c.model, hours.c.completions, hours.c.prompt_tokens, hours.c.completion_tokens),
+        select(
+            literal(DAY, Integer),
+            day,
+            hours.c.model,
+            func.sum(hours.c.completions),
+            func.sum(hours.c.prompt_tokens),
+            func.sum(hours.c.completion_tokens),
+        ).group_by(day, hours.c.model),
+    ).subquery("counted")
+    names = ["span", "start", "model", "completions", "prompt_tokens", "completion_tokens"]
+    # WHERE true: SQLite reads an upsert's SELECT unambiguously only with a WHERE clause.
+    statement = _upsert(dialect)(CompletionRollup).from_select(names, select(*counted.c).where(true()))
+    return statement.on_conflict_do_update(
+        index_elements=["span", "start", "model"],
+        set_={name: getattr(CompletionRollup, name) + getattr(statement.excluded, name) for name in names[3:]},
+    )
+
+
+def _count_pairs(dialect: str) -> Any:
+    """Return the statement counting every two metadata pairs of each completion in the ``seqs`` once, as 0005's triggers do."""
+    a, b = aliased(CompletionMetadata), aliased(CompletionMetadata)
+    meetings = (
+        select(a.key, a.value, b.key, b.value, func.count())
+        .join(b, (b.completion_seq == a.completion_seq) & (a.key < b.key))
+        .where(member_of(dialect, a.completion_seq, name="seqs"))
+        .group_by(a.key, a.value, b.key, b.value)
+    )
+    statement = _upsert(dialect)(MetadataPairCount).from_select(["key_a", "value_a", "key_b", "value_b", "count"], meetings)
+    return statement.on_conflict_do_update(
+        index_elements=["key_a", "value_a", "key_b", "value_b"], set_={"count": MetadataPairCount.count + statement.excluded.count}
+    )
