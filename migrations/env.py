@@ -92,9 +92,9 @@ def run_migrations_online():
                 logger.info('No changes in schema detected.')
 
     conf_args = current_app.extensions['migrate'].configure_args
-    # The search indexes are made by hand in their migration: autogenerate must not drop them.
-    from webapp.models import is_search_index
-    conf_args.setdefault("include_name", lambda name, type_, parents: not is_search_index(name))
+    # The search indexes and the deferral mark are made by hand in their migrations: autogenerate must not drop them.
+    from webapp.models import is_hand_made
+    conf_args.setdefault("include_name", lambda name, type_, parents: not is_hand_made(name))
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
 

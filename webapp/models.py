@@ -70,11 +70,13 @@ class Completion(db.Model):
 # The search indexes the migration creates by hand (SQLite FTS5 tables with their shadow
 # tables and triggers, PostgreSQL GIN indexes): schema comparisons leave these names alone.
 SEARCH_INDEX_NAMES = ("completions_search", "completions_grams", "ix_completions_search_trgm", "ix_completions_search_grams")
+# Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived).
+HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred")
 
 
-def is_search_index(name: str | None) -> bool:
-    """Return whether a schema object belongs to the hand-made search indexes."""
-    return name is not None and name.startswith(SEARCH_INDEX_NAMES)
+def is_hand_made(name: str | None) -> bool:
+    """Return whether a schema object is one the migrations make by hand (search indexes, the deferral mark)."""
+    return name is not None and name.startswith(HAND_MADE_NAMES)
 
 
 class CompletionMetadata(db.Model):
