@@ -112,7 +112,7 @@ def _migrations() -> list[ModuleType]:
     """The migrations whose derived data (search indexes, metadata pair counts) a bulk load drops and rebuilds."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     modules = []
-    for name in ("search_index", "metadata_pair_counts"):
+    for name in ("search_index", "metadata_pair_counts", "one_search_gin_index"):
         (path,) = glob.glob(os.path.join(root, "migrations", "versions", f"*_{name}.py"))
         spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
         assert spec and spec.loader

@@ -65,3 +65,33 @@ def test_stored_ids_that_break_the_id_rule_are_renamed_by_the_migration(backend:
     assert history == [ids[1]]
     output = capfd.readouterr().out
     assert f"Renamed completion 'imp/messages' to '{ids[1]}'" in output and "'has space'" in output
+
+
+def test_postgresql_intersects_a_term_and_a_cjk_word_in_one_index_scan(tmp_path: Path) -> None:
+    """Migration 0010: the trigram and gram columns are one GIN index, so "order 发票" is one index
+    scan (no BitmapAnd of two whole bitmaps); a downgrade brings back 0004's two indexes."""
+    from flask_migrate import downgrade
+
+    from webapp import create_app
+    from webapp.models import Completion
+    from webapp.store import search
+
+    with scratch_database("postgresql", tmp_path) as url:
+        migrate_database(url)
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            definitions = dict(db.session.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'completions'")).all())
+            assert "ix_completions_search_trgm" not in definitions and "ix_completions_search_grams" not in definitions
+            assert "gin (search_text gin_trgm_ops, string_to_array(search_grams, ' '::text))" in definitions["ix_completions_search_text_grams"]
+            # Only the statement's shape matters here: on a tiny table the planner would rather read it all.
+            db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            query = sa.select(Completion.seq).where(*search.index_conditions(db.session, ("order", "发票")))
+            compiled = query.compile(dialect=db.engine.dialect)
+            plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+            db.session.rollback()
+            assert "ix_completions_search_text_grams" in plan and "BitmapAnd" not in plan
+            downgrade(revision="0009")
+            names = set(db.session.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'completions'")).scalars())
+            db.session.rollback()
+            db.engine.dispose()
+        assert {"ix_completions_search_trgm", "ix_completions_search_grams"} <= names and "ix_completions_search_text_grams" not in names

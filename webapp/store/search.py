@@ -6,10 +6,12 @@ Every write computes two columns with :func:`search_columns` (through
 - ``search_text``: the case-folded searchable text (input messages: string content, text
   parts, tool call names and arguments; every reply: content, refusal, tool call names and
   arguments), pieces joined by newlines. A trigram index serves it: SQLite's FTS5
-  ``trigram`` table ``completions_search``, PostgreSQL's ``pg_trgm`` GIN index.
+  ``trigram`` table ``completions_search``, on PostgreSQL the ``pg_trgm`` column of the GIN
+  index ``ix_completions_search_text_grams``.
 - ``search_grams``: the CJK characters and CJK character pairs of that text, space-separated,
   for terms shorter than a trigram (``退款``, ``发票``): FTS5 ``unicode61`` table
-  ``completions_grams`` on SQLite, a GIN index on its words on PostgreSQL.
+  ``completions_grams`` on SQLite, the other column of that GIN index (its words) on PostgreSQL:
+  one index over both, so that a trigram term and a gram are intersected inside one scan.
 
 The database keeps both indexes itself (triggers on SQLite, index maintenance on
 PostgreSQL, all created by the migration), in the transaction of the write. A deleted
@@ -207,8 +209,8 @@ def candidate_sources(session: Session, terms: tuple[str, ...]) -> list[Any]:
     """Return SELECTs of the ``seq`` of completions the indexes say may hold all ``terms``: one per index.
 
     Each is a superset of the matches (the exact test decides). The terms of one index are
-    intersected inside it (one FTS5 query, one GIN scan); the trigram and the gram index
-    are separate sources, so that the caller can drive a query by the smaller. Empty when
+    intersected inside it (one FTS5 query, one GIN scan); the trigrams and the grams are
+    separate sources, so that the caller can drive a query by the smaller. Empty when
     no term is indexable (only short non-CJK terms).
     """
     plan = narrowing(terms)
@@ -242,8 +244,9 @@ def _trigrams_see_cjk(session: Session) -> bool:
 
 
 def index_conditions(session: Session, terms: tuple[str, ...]) -> list[Any]:
-    """Return the PostgreSQL row conditions its GIN indexes serve for ``terms`` (empty on SQLite):
-    one for the trigram terms (``LIKE``), one for the CJK grams (array containment)."""
+    """Return the PostgreSQL row conditions its GIN index serves for ``terms`` (empty on SQLite):
+    one for the trigram terms (``LIKE``), one for the CJK grams (array containment). Both are
+    columns of one index (migration 0010), so that PostgreSQL intersects them in one scan."""
     plan = narrowing(terms)
     if session.get_bind().dialect.name == "sqlite":
         return []
