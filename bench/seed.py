@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -112,7 +113,7 @@ def _migrations() -> list[ModuleType]:
     """The migrations whose derived data (search indexes, metadata pair counts) a bulk load drops and rebuilds."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     modules = []
-    for name in ("search_index", "metadata_pair_counts"):
+    for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index"):
         (path,) = glob.glob(os.path.join(root, "migrations", "versions", f"*_{name}.py"))
         spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
         assert spec and spec.loader
@@ -125,7 +126,12 @@ def _migrations() -> list[ModuleType]:
 def derived_data(dialect: str, *, up: bool) -> list[str]:
     """Return the statements that build (or drop) every index and count the migrations keep by triggers."""
     modules = _migrations() if up else _migrations()[::-1]
-    return [statement for module in modules for statement in module.index_statements(dialect, up=up)]
+    statements: list[str] = []
+    for module in modules:
+        # A later migration may remake what an earlier one made (0010 rewrites 0004's SQLite triggers).
+        remakes = "earlier" in inspect.signature(module.index_statements).parameters
+        statements += module.index_statements(dialect, up=up, **({"earlier": statements} if remakes else {}))
+    return statements
 
 
 COLUMNS = ("seq", "id", "created", "model", "deleted", "body", "messages", "metadata", "version", "updated_at", "search_text", "search_grams")

@@ -241,6 +241,11 @@ SEARCH_CASES = [
     SearchCase("several-terms", "refund order", ["s-refund"]),
     SearchCase("several-terms-any-order", "ticket REFUND", ["s-ticket"]),
     SearchCase("terms-never-together", "refund parcel", []),
+    # A long term beside a one- or two-character CJK word: one MATCH of SQLite's trigram table, one GIN scan.
+    SearchCase("long-term-and-chinese-word", "申请退款 发票", ["s-zh"]),
+    SearchCase("long-term-and-one-character", "かしこまりました 返", ["s-ja"]),
+    SearchCase("latin-term-and-chinese-word-apart", "refund 发票", []),
+    SearchCase("latin-term-and-chinese-word-deleted", "refund 退款", []),
     SearchCase("with-model", "refund", ["s-ticket"], (("model", "gpt-b"),)),
     SearchCase("with-metadata", "refund", ["s-refund"], (("metadata[team]", "red"),)),
     SearchCase("with-created-after", "refund", ["s-ticket"], (("created_after", _at("s-ticket")),)),

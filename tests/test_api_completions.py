@@ -283,6 +283,28 @@ def test_a_changed_text_is_found_by_its_new_text_at_once(client: FlaskClient, au
     assert search_ids(client, auth, [("search", "refund")]) == ["s-ticket"]
 
 
+def test_a_term_beside_a_cjk_word_is_counted_after_every_write(client: FlaskClient, auth: dict, searchable: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted from the search index alone (as at scale): a text change, a delete, a purge and a
+    revived tombstone each leave SQLite's trigram table (text and gram words) as the text says."""
+    monkeypatch.setattr(completions, "SELECTIVE_ROWS", 1)
+
+    def count(terms: str) -> int:
+        return store.count_completions(db.session, filter=validation.clean_filters(search=terms))
+
+    assert (count("申请退款 发票"), count("order 发票")) == (1, 0)
+    record = dict(searchable[0])
+    record["choices"] = [{**record["choices"][0], "message": {"role": "assistant", "content": "发票 for your order", "refusal": None}}]
+    seed(record)
+    assert (count("order 发票"), count("申请退款 发票"), count("order 票")) == (1, 1, 1)
+    assert client.delete(f"{URL}/s-zh", headers=auth).status_code == 200
+    assert count("申请退款 发票") == 0
+    with write_transaction() as session:
+        session.execute(sa_delete(Completion).where(Completion.id == "s-refund"))
+    assert count("order 发票") == 0
+    seed(searchable[5])
+    assert (count("申请退款 发票"), count("order 发票")) == (1, 0)
+
+
 def test_deleted_and_purged_completions_are_never_found(client: FlaskClient, auth: dict, searchable: list) -> None:
     assert client.delete(f"{URL}/s-zh", headers=auth).status_code == 200
     with write_transaction() as session:

@@ -65,3 +65,69 @@ def test_stored_ids_that_break_the_id_rule_are_renamed_by_the_migration(backend:
     assert history == [ids[1]]
     output = capfd.readouterr().out
     assert f"Renamed completion 'imp/messages' to '{ids[1]}'" in output and "'has space'" in output
+
+
+def test_postgresql_intersects_a_term_and_a_cjk_word_in_one_index_scan(tmp_path: Path) -> None:
+    """Migration 0010: the trigram and gram columns are one GIN index, so "order 发票" is one index
+    scan (no BitmapAnd of two whole bitmaps); a downgrade brings back 0004's two indexes."""
+    from flask_migrate import downgrade
+
+    from webapp import create_app
+    from webapp.models import Completion
+    from webapp.store import search
+
+    with scratch_database("postgresql", tmp_path) as url:
+        migrate_database(url)
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            definitions = dict(db.session.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'completions'")).all())
+            assert "ix_completions_search_trgm" not in definitions and "ix_completions_search_grams" not in definitions
+            assert "gin (search_text gin_trgm_ops, string_to_array(search_grams, ' '::text))" in definitions["ix_completions_search_text_grams"]
+            # Only the statement's shape matters here: on a tiny table the planner would rather read it all.
+            db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            query = sa.select(Completion.seq).where(*search.index_conditions(db.session, ("order", "发票")))
+            compiled = query.compile(dialect=db.engine.dialect)
+            plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+            db.session.rollback()
+            assert "ix_completions_search_text_grams" in plan and "BitmapAnd" not in plan
+            downgrade(revision="0009")
+            names = set(db.session.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'completions'")).scalars())
+            db.session.rollback()
+            db.engine.dispose()
+        assert {"ix_completions_search_trgm", "ix_completions_search_grams"} <= names and "ix_completions_search_text_grams" not in names
+
+
+def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_the_triggers(tmp_path: Path) -> None:
+    """Migration 0010 on SQLite: existing rows and every later write put the gram words (between
+    spaces) beside the text in the trigram table; going down restores 0009's triggers to the letter."""
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'completions_search%' ORDER BY name"
+    insert = (
+        "INSERT INTO completions (seq, id, created, model, deleted, version, updated_at, search_text, search_grams) "
+        "VALUES (:seq, :id, 1, 'm', 0, 1, CURRENT_TIMESTAMP, :text, :grams)"
+    )
+    with scratch_database("sqlite", tmp_path) as url:
+        migrate_database(url, "0009")
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            before = db.session.execute(sa.text(triggers)).all()
+            db.session.execute(sa.text(insert), {"seq": 1, "id": "old", "text": "order 发票", "grams": "发 发票 票"})
+            db.session.commit()
+            upgrade()
+            db.session.execute(sa.text(insert), {"seq": 2, "id": "new", "text": "开发票", "grams": "发 发票 开 开发 票"})
+            db.session.execute(sa.text("UPDATE completions SET search_text = 'no order', search_grams = '' WHERE seq = 1"))
+            db.session.commit()
+            rows = db.session.execute(sa.text("SELECT rowid, search_text, search_grams FROM completions_search ORDER BY rowid")).all()
+            found = db.session.scalars(sa.text("SELECT rowid FROM completions_search WHERE completions_search MATCH 'search_grams : \" 发票 \"'")).all()
+            db.session.rollback()  # no snapshot of before the downgrade
+            downgrade(revision="0009")
+            after = db.session.execute(sa.text(triggers)).all()
+            columns = [row[1] for row in db.session.execute(sa.text("PRAGMA table_info(completions_search)"))]
+            db.session.rollback()
+            db.engine.dispose()
+    assert rows == [(1, "no order", "  "), (2, "开发票", " 发 发票 开 开发 票 ")]
+    assert found == [2]
+    assert after == before and columns == ["search_text"]

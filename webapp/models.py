@@ -69,7 +69,13 @@ class Completion(db.Model):
 
 # The search indexes the migration creates by hand (SQLite FTS5 tables with their shadow
 # tables and triggers, PostgreSQL GIN indexes): schema comparisons leave these names alone.
-SEARCH_INDEX_NAMES = ("completions_search", "completions_grams", "ix_completions_search_trgm", "ix_completions_search_grams")
+SEARCH_INDEX_NAMES = (
+    "completions_search",
+    "completions_grams",
+    "ix_completions_search_text_grams",  # migration 0010: one GIN index over both columns
+    "ix_completions_search_trgm",  # 0004's two, which 0010 replaces (a downgrade makes them again)
+    "ix_completions_search_grams",
+)
 # Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived).
 HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred")
 

@@ -34,7 +34,7 @@ from sqlalchemy.orm import aliased
 
 from ..models import Completion, CompletionMetadata, CompletionRollup, MetadataPairCount
 from .overview import DAY, HOUR, bucket_start, usage_tokens
-from .search import FTS_GRAMS, FTS_TRIGRAMS
+from .search import FTS_GRAMS, FTS_TEXT
 
 SQLITE_DEFERRAL_TABLE = "derived_data_deferred"  # made by migration 0009 (models.HAND_MADE_NAMES)
 POSTGRES_DEFERRAL_SETTING = "completion_store.defer_derived_data"
@@ -113,13 +113,16 @@ def _statements(dialect: str) -> tuple[Any, Any]:
 
 
 def _index_for_search(connection: Connection, seqs: list[int]) -> None:
-    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger of migration 0004 does."""
-    for table, name in ((FTS_TRIGRAMS, "search_text"), (FTS_GRAMS, "search_grams")):
-        connection.exec_driver_sql(
-            f"INSERT INTO {table}(rowid, {name}) SELECT seq, {name} FROM completions "
-            "WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL",
-            (json.dumps(seqs),),
-        )
+    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger (migrations 0004, 0010) does:
+    the text table takes the CJK gram words too, each between spaces, so a term and a gram word
+    meet in one query."""
+    batch = "FROM completions WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL"
+    listed_seqs = (json.dumps(seqs),)
+    connection.exec_driver_sql(
+        f"INSERT INTO {FTS_TEXT}(rowid, search_text, search_grams) SELECT seq, search_text, ' ' || search_grams || ' ' {batch}",
+        listed_seqs,
+    )
+    connection.exec_driver_sql(f"INSERT INTO {FTS_GRAMS}(rowid, search_grams) SELECT seq, search_grams {batch}", listed_seqs)
 
 
 def _upsert(dialect: str) -> Any:
