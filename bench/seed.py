@@ -109,29 +109,47 @@ def _row(i: int, pool: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> dic
     return {"seq": i + 1, **store.completion_values(body=body, messages=messages, metadata=_metadata(i)), "version": 1}
 
 
+def _migration(name: str) -> ModuleType:
+    """Load the migration module ``migrations/versions/*_<name>.py``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (path,) = glob.glob(os.path.join(root, "migrations", "versions", f"*_{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _migrations() -> list[ModuleType]:
     """The migrations whose derived data (search indexes, metadata pair counts) a bulk load drops and rebuilds."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    modules = []
-    for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index"):
-        (path,) = glob.glob(os.path.join(root, "migrations", "versions", f"*_{name}.py"))
-        spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules
+    return [_migration(name) for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index")]
 
 
 def derived_data(dialect: str, *, up: bool) -> list[str]:
     """Return the statements that build (or drop) every index and count the migrations keep by triggers."""
     modules = _migrations() if up else _migrations()[::-1]
-    statements: list[str] = []
+    # 0009 split 0005's PostgreSQL trigger in two on its function: the second goes first.
+    statements: list[str] = [] if up or dialect == "sqlite" else ["DROP TRIGGER IF EXISTS metadata_pair_recount ON completion_metadata"]
     for module in modules:
         # A later migration may remake what an earlier one made (0010 rewrites 0004's SQLite triggers).
         remakes = "earlier" in inspect.signature(module.index_statements).parameters
         statements += module.index_statements(dialect, up=up, **({"earlier": statements} if remakes else {}))
     return statements
+
+
+def defer_again(dialect: str) -> None:
+    """Give the triggers just rebuilt the condition of migration 0009 back (they stand aside while
+    a batch import keeps its derived data itself), as an upgraded database has them."""
+    deferral = _migration("deferred_derived_data")
+    if dialect == "postgresql":
+        _execute([statement for statement in deferral.POSTGRES_UP if "completion_metadata" in statement])
+        return
+    for name in deferral.SQLITE_TRIGGERS:
+        sql = db.session.scalar(text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"), {"name": name})
+        if deferral.SQLITE_DEFERRED not in sql:  # the rollup's trigger was never dropped
+            db.session.execute(text(f"DROP TRIGGER {name}"))
+            db.session.execute(text(deferral._with_condition(sql, deferrable=True)))
+    db.session.commit()
 
 
 COLUMNS = ("seq", "id", "created", "model", "deleted", "body", "messages", "metadata", "version", "updated_at", "search_text", "search_grams")
@@ -182,6 +200,7 @@ def fill(rows: int) -> None:
     print(file=sys.stderr)
     started = time.monotonic()
     _execute(derived_data(dialect, up=True))
+    defer_again(dialect)
     if dialect == "postgresql":
         db.session.execute(text("SELECT setval(pg_get_serial_sequence('completions', 'seq'), :n)"), {"n": max(rows, 1)})
     print(f"search indexes built in {time.monotonic() - started:.0f} s", file=sys.stderr)
