@@ -4,6 +4,7 @@ live gunicorn server whose upstream is a real HTTP server scripted per test, on 
 from __future__ import annotations
 
 import socket
+from datetime import datetime, timezone
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -681,3 +682,21 @@ def test_a_create_that_fails_midway_leaves_nothing(app: Any) -> None:
     with write_connection() as writer:
         assert store.create_completion(writer, body=completion_body("whole"), messages=[], metadata={}, actor="t") == "whole"
     assert stored_ids() == ["whole"]
+
+
+def test_a_failed_create_keeps_its_content_out_of_the_error(app: Any) -> None:
+    """Like every statement of the engine (hide_parameters), the create's statements on the
+    driver's cursor leave bound values out of an error's text, and so out of any log."""
+    with write_connection() as writer:
+        store.create_completion(writer, body=completion_body("taken"), messages=[], metadata={}, actor="t")
+    with pytest.raises(sa.exc.IntegrityError) as caught, write_connection() as writer:
+        writer.execute(sa.insert(Completion.__table__), {**completion_values_of("taken"), "id": "taken"})
+    assert "secret words" not in str(caught.value) and "hidden due to hide_parameters" in str(caught.value)
+
+
+def completion_values_of(completion_id: str) -> dict[str, Any]:
+    values = store.completion_values(
+        body=completion_body(completion_id), messages=[{"role": "user", "content": "secret words"}], metadata={}
+    )
+    values.update(version=1, updated_at=datetime.now(timezone.utc))
+    return {("metadata" if name == "metadata_map" else name): value for name, value in values.items()}

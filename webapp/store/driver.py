@@ -121,10 +121,12 @@ def transaction(engine: Engine) -> Iterator[Writer]:
     broken is dropped from the pool, as SQLAlchemy itself would do.
     """
     dialect = engine.dialect
+    # As the engine says (config: hide_parameters): no completion text or hash in an error's message, so none in a log.
+    hidden = engine.hide_parameters
     try:
         pooled = engine.raw_connection()
     except dialect.loaded_dbapi.Error as exc:  # the database cannot be reached
-        raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+        raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, hide_parameters=hidden, dialect=dialect) from exc
     cursor = None
 
     def wrapped(exc: Exception, sql: str, params: Any) -> Exception:
@@ -132,7 +134,8 @@ def transaction(engine: Engine) -> Iterator[Writer]:
         if disconnected:
             pooled.invalidate(exc)
         return DBAPIError.instance(
-            sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=disconnected, dialect=dialect
+            sql, params, exc, dialect.loaded_dbapi.Error, hide_parameters=hidden,
+            connection_invalidated=disconnected, dialect=dialect,
         )
 
     try:
