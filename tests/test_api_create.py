@@ -4,10 +4,10 @@ live gunicorn server whose upstream is a real HTTP server scripted per test, on 
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timezone
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
