@@ -13,20 +13,31 @@ def make_app(url: str) -> Any:
 
 
 def empty_and_migrate(url: str) -> None:
-    """Migrate the database at ``url`` and empty every table."""
+    """Make the database at ``url`` an empty, migrated store.
+
+    A SQLite file is removed and made again: emptied with DELETE, its FTS5 search tables would
+    keep every old posting beside a delete marker for it, which each later insert merges with
+    (the first run of a bench would then be the only one into a truly empty store).
+    PostgreSQL's tables are truncated.
+    """
+    import os
+
     from flask_migrate import upgrade
     from sqlalchemy import text
+    from sqlalchemy.engine import make_url
 
     from webapp.extensions import db
 
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(parsed.database + suffix):
+                os.remove(parsed.database + suffix)
     app = make_app(url)
     with app.app_context():
         upgrade()
-        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
         if db.engine.dialect.name == "postgresql":
+            tables = [t.name for t in reversed(db.metadata.sorted_tables)]
             db.session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in tables:
-                db.session.execute(text(f"DELETE FROM {name}"))
         db.session.commit()
         db.engine.dispose()
