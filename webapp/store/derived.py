@@ -4,11 +4,11 @@ Database triggers keep the data derived from completions row by row, whatever wr
 the SQLite search tables (migration 0004), ``metadata_pair_counts`` (0005) and
 ``completion_rollup`` (0007). Row by row is right for a single write and dear for a batch
 (measured on SQLite: the search trigger cost ~166 us a row, one INSERT ... SELECT into both
-FTS5 tables per batch ~40; on PostgreSQL the rollup and pair count functions ran per row). So a batch writer may *defer* the INSERT triggers inside its
-transaction (migration 0009: a row in ``derived_data_deferred`` on SQLite, which only the
-writing transaction ever sees; the transaction-local setting
-``completion_store.defer_derived_data`` on PostgreSQL), insert its rows, then end the
-deferral and keep the derived data of those rows in one statement each, before it commits:
+FTS5 tables per batch ~40; on PostgreSQL the rollup and pair count functions ran per row).
+So a batch writer may *defer* the INSERT triggers inside its transaction (migration 0009:
+a row in ``derived_data_deferred`` on SQLite, which only the writing transaction ever sees;
+the transaction-local setting ``completion_store.defer_derived_data`` on PostgreSQL), insert
+its rows, then end the deferral and keep the derived data of those rows in one statement each, before it commits:
 nothing is ever written half. UPDATE and DELETE triggers never stand aside, nor does any
 other writer's trigger (a single create through the API keeps everything in its own
 transaction, as before).
