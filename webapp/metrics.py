@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -84,20 +83,11 @@ def _after_request(response: Response) -> Response:
     return response
 
 
-def upstream_request(sent: httpx.Request) -> None:
-    """Note when the upstream request ``sent`` goes out (call it just before sending)."""
-    sent.extensions[_STARTED] = time.perf_counter()
-
-
-def upstream_response(response: httpx.Response) -> None:
-    """Time and count the upstream's answer once its status and headers are in."""
-    started = response.request.extensions.get(_STARTED)
-    streams = "true" if response.request.headers.get("accept") == "text/event-stream" else "false"
-    if started is not None:
-        UPSTREAM_LATENCY.labels(streams).observe(time.perf_counter() - started)
-    if response.status_code >= 400:
-        UPSTREAM_ERRORS.labels(str(response.status_code)).inc()
-
+def upstream_answered(seconds: float, *, stream: bool, status: int) -> None:
+    """Time and count an upstream answer that took ``seconds`` to its status and headers."""
+    UPSTREAM_LATENCY.labels("true" if stream else "false").observe(seconds)
+    if status >= 400:
+        UPSTREAM_ERRORS.labels(str(status)).inc()
 
 
 def upstream_failed(reason: str) -> None:

@@ -1,12 +1,11 @@
 """The client for the upstream model server: forwarding creates, passing streams through,
 and assembling a stream's chunks into the completion a non-streaming call returns.
 
-One pooled ``httpx.HTTPTransport`` per app and process, made on first use and shared by
-every thread (httpx pools connections thread-safely), so a create costs no TCP or TLS set-up
-once the pool is warm. Requests go to the transport itself, not through an ``httpx.Client``:
-the client's cookie jar, redirect and auth layers have nothing to do here (a proxy for many
-clients must not carry one client's upstream cookies into another's request) and cost a
-fifth of the upstream call on the hot path. Every upstream failure becomes an :class:`~webapp.errors.APIError`
+One pool of keep-alive connections per app and process (``webapp.httppool``, on the
+standard library's ``http.client``), made on first use and shared by every thread, so a
+create costs no TCP or TLS set-up once the pool is warm. No cookie jar, redirects or auth
+layers: a proxy for many clients must not carry one client's upstream cookies into
+another's request. Every upstream failure becomes an :class:`~webapp.errors.APIError`
 in the OpenAI envelope: the upstream's own status and error for an error answer (a 401 or
 403, which refuses the store's own ``UPSTREAM_API_KEY``, becomes a 502 that says so), 502
 when it cannot be reached or answers nonsense, 504 when it does not answer in time. No
@@ -21,15 +20,16 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 from flask import Flask
 
 from . import metrics
+from .httppool import ENCODINGS, Headers, Pool, Response, UpstreamTimeout, UpstreamUnreachable
 from .errors import REQUEST_ID_HEADER, APIError
 from .validation import ValidationError, clean_completion
 
@@ -77,12 +77,8 @@ class Upstream:
         self.max_bytes = max_bytes
         # The same timeout for connecting, each read and each write: a stream is cut only
         # when the upstream stays silent that long, as with the OpenAI SDK's own timeout.
-        self.timeout = httpx.Timeout(timeout).as_dict()
-        self.transport = httpx.HTTPTransport()
-        # Requests are built from these parts made once: httpx's build_request (URL and
-        # header merging, per request) costs a tenth of the whole hot path.
-        self.url = httpx.URL(f"{self.base_url}/chat/completions")
-        headers = {"Content-Type": "application/json", "User-Agent": "completion-store", "Accept-Encoding": "gzip, deflate"}
+        self.pool = Pool(f"{self.base_url}/chat/completions", timeout=timeout)
+        headers = {"Content-Type": "application/json", "User-Agent": "completion-store", "Accept-Encoding": ENCODINGS}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.headers = {
@@ -96,9 +92,8 @@ class Upstream:
         Raises APIError: the upstream's status and error for an error answer, 502 when it
         cannot be reached or its answer is not a chat completion, 504 on a timeout.
         """
-        request = self._request(body, accept="application/json")
         with _transport_errors(self.base_url):
-            response = self._send(request)
+            response = self._send(body, accept="application/json")
             try:
                 content = read_capped(response, self.max_bytes)
             finally:
@@ -117,9 +112,8 @@ class Upstream:
         status is known to be a success, so a failure before the first byte is a plain
         error answer. Raises APIError as :meth:`create` does.
         """
-        request = self._request(body, accept="text/event-stream")
         with _transport_errors(self.base_url):
-            response = self._send(request)
+            response = self._send(body, accept="text/event-stream")
         if not response.is_success:
             try:
                 with _transport_errors(self.base_url):
@@ -131,21 +125,15 @@ class Upstream:
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self.transport.close()
+        self.pool.close()
 
-    def _request(self, body: Mapping[str, Any], *, accept: str) -> httpx.Request:
+    def _send(self, body: Mapping[str, Any], *, accept: str) -> Response:
+        """POST ``body`` as JSON, asking for ``accept``; return the response with its body still
+        to read (close it). Timed and counted for ``/metrics``. Raises the pool's errors."""
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return httpx.Request(
-            "POST", self.url, content=content, headers=self.headers[accept], extensions={"timeout": self.timeout}
-        )
-
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` on the pooled transport; return the response with its body still to
-        read (close it). Timed and counted for ``/metrics``. Raises httpx's transport errors."""
-        metrics.upstream_request(request)
-        response = self.transport.handle_request(request)
-        response.request = request
-        metrics.upstream_response(response)
+        started = time.perf_counter()
+        response = self.pool.post(content, self.headers[accept])
+        metrics.upstream_answered(time.perf_counter() - started, stream=accept == "text/event-stream", status=response.status_code)
         return response
 
 
@@ -153,7 +141,7 @@ class EventStream:
     """An open streaming answer from the upstream: iterate it for its events as they
     arrive; :meth:`close` ends the upstream request (also when it is not finished)."""
 
-    def __init__(self, response: httpx.Response, *, base_url: str, max_bytes: int, redactor: Redactor) -> None:
+    def __init__(self, response: Response, *, base_url: str, max_bytes: int, redactor: Redactor) -> None:
         self.response = response
         self.base_url = base_url
         self.max_bytes = max_bytes
@@ -196,16 +184,16 @@ def upstream_for(app: Flask) -> Upstream:
 
 @contextmanager
 def _transport_errors(base_url: str) -> Iterator[None]:
-    """Turn httpx's transport failures into the API's 504 (timeout) and 502 (unreachable)."""
+    """Turn the connection pool's failures into the API's 504 (timeout) and 502 (unreachable)."""
     try:
         yield
-    except httpx.TimeoutException as exc:
+    except UpstreamTimeout as exc:
         metrics.upstream_failed("timeout")
-        log.warning("upstream %s timed out: %s", base_url, type(exc).__name__)
+        log.warning("upstream %s timed out: %s", base_url, exc)
         raise APIError(
             504, "The upstream model server did not answer in time. Try again later.", type="server_error"
         ) from exc
-    except httpx.TransportError as exc:
+    except UpstreamUnreachable as exc:
         metrics.upstream_failed("unreachable")
         log.warning("upstream %s unreachable: %r", base_url, exc)
         raise APIError(
@@ -231,12 +219,12 @@ def _capped(pieces: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
         yield piece
 
 
-def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+def read_capped(response: Response, max_bytes: int) -> bytes:
     """Return the body of an open streamed ``response``, refusing (APIError 502) one over ``max_bytes``."""
     return b"".join(_capped(response.iter_bytes(), max_bytes))
 
 
-def passed_headers(headers: httpx.Headers) -> dict[str, str]:
+def passed_headers(headers: Headers) -> dict[str, str]:
     """Return the upstream answer headers to pass on to the client (retry and rate-limit hints)."""
     return {
         name: value
@@ -245,7 +233,7 @@ def passed_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
-def error_from_answer(response: httpx.Response, content: bytes, *, redactor: Redactor) -> APIError:
+def error_from_answer(response: Response, content: bytes, *, redactor: Redactor) -> APIError:
     """Return the APIError that relays an upstream error answer: the upstream's status (502
     for a non-error status that is no success either) and its error in the envelope, or its
     body wrapped in one when it did not answer in OpenAI's shape.
