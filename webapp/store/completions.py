@@ -279,6 +279,9 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
     verified = search.indexed_matches(session, filter.search) if driver is None and filter.search else None
     if verified is None:
         matches = select(Completion.seq).where(*_conditions(session, filter, driver=driver))
+        if session.get_bind().dialect.name == "postgresql" and driver is None and filter.search and filter.metadata:
+            if not replace(filter, search=(), metadata={}).narrowed:
+                return _count_short_texts_first(session, matches, cap=cap)
     else:
         # The search indexes hold live completions only, as completion_metadata does: a pair is
         # checked on the seq alone, and only a model or a date needs the completion's own row.
@@ -291,6 +294,31 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
     if cap is not None:
         matches = matches.limit(cap + 1)
     return session.scalar(select(func.count()).select_from(matches.subquery())) or 0
+
+
+def _count_short_texts_first(session: Session, matches: Any, *, cap: int | None) -> int:
+    """Return how many rows ``matches`` (PostgreSQL: search terms and metadata pairs) selects, up
+    to ``cap + 1``: first those whose search text an index keeps beside their seq (migration
+    0011), then, while the cap is not reached, the longer ones.
+
+    A common term beside a common metadata pair is then decided from that narrow index, merged
+    with the metadata index in seq order, without reading a wide completion row ("order" and
+    team=team-2 at a million rows). A term alone keeps its GIN-driven count (the planner would
+    trade it for a scan of the table), and a model or a date is in the wide row anyway. Two
+    statements, not one UNION ALL: each is planned for its own LIMIT (under one LIMIT the
+    planner chose a hash join that read every match).
+    """
+    # One process: a parallel plan hashes every match of one side before it counts the first.
+    session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+    counted = 0
+    for short in (True, False):
+        part = matches.where(search.short_text(short=short))
+        if cap is not None:
+            part = part.limit(cap + 1 - counted)
+        counted += session.scalar(select(func.count()).select_from(part.subquery())) or 0
+        if cap is not None and counted > cap:
+            break
+    return counted
 
 
 def list_messages(session: Session, *, completion_id: str, query: PageQuery) -> Page:
