@@ -274,7 +274,8 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
     keep: a filter of one or two metadata pairs only is counted from the metadata tables
     (:func:`_count_pairs`); on SQLite a common search is counted from the search indexes,
     which decide it exactly (``search.indexed_matches``), and only those matches are
-    looked up for the other filters.
+    looked up for the other filters; on PostgreSQL a common search beside metadata pairs is
+    counted along the index of short search texts (:func:`_count_short_texts_first`).
     """
     if filter.metadata and not replace(filter, metadata={}).narrowed:
         counted = _count_pairs(session, filter.metadata, cap=cap)
