@@ -342,6 +342,40 @@ def test_counts_stop_at_the_cap(app, searchable: list) -> None:
     assert store.count_completions(db.session, filter=validation.clean_filters(search="zx refund")) == 0
 
 
+@pytest.mark.parametrize("walk", [True, False], ids=["along-short-texts", "as-planned"])
+@pytest.mark.parametrize("cap", [None, 1, 2, 3, 4, 100])
+def test_a_term_beside_a_pair_is_counted_exactly_in_short_and_long_texts(
+    client: FlaskClient, auth: dict, app, cap: int | None, walk: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL may count the texts an index keeps (up to 2,000 bytes, migration 0011) first, and
+    the longer ones only while below the cap (``walk``: whatever the planner expects): together
+    exact up to the cap, deleted ones left out, as every other way of counting."""
+    if walk:
+        monkeypatch.setattr(completions, "SHORT_TEXT_MARGIN", 0)
+    long = "x" * 2500
+    seed(
+        completion_body("c-short-1", content="refund please", metadata={"team": "a"}),
+        completion_body("c-short-b", content="a refund", metadata={"team": "b"}),
+        # 700 Chinese characters are 2,100 bytes (not characters) over the index's 2,000.
+        completion_body("c-long-zh", content="退款" * 350 + " refund", metadata={"team": "a"}),
+        completion_body("c-short-2", content="Refunds", metadata={"team": "a", "shard": "s"}),
+        completion_body("c-long-1", content=f"REFUND {long}", metadata={"team": "a"}),
+        completion_body("c-long-b", content=f"refund {long}", metadata={"team": "b"}),
+        completion_body("c-long-gone", content=f"refund {long}", metadata={"team": "a"}),
+        completion_body("c-long-none", content=long, metadata={"team": "a"}),
+    )
+    assert client.delete(f"{URL}/c-long-gone", headers=auth).status_code == 200
+
+    def count(terms: str) -> int:
+        return store.count_completions(db.session, filter=validation.clean_filters(search=terms, metadata=[("team", "a")]), cap=cap)
+
+    capped = lambda n: n if cap is None else min(n, cap + 1)  # noqa: E731
+    assert count("refund") == capped(4)
+    assert count("退款 refund") == capped(1)
+    assert count("refund xxx") == capped(1)
+    assert count("refunds") == capped(1)
+
+
 def test_the_metadata_pair_counts_follow_every_write(client: FlaskClient, auth: dict, seeded: list) -> None:
     """What the database keeps for "these two pairs never meet" equals a fresh count after creates, updates, deletes and a purge."""
     client.post(f"{URL}/c0", json={"metadata": {"team": "blue", "n": "4", "x": "1"}}, headers=auth)

@@ -131,3 +131,55 @@ def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_
     assert rows == [(1, "no order", "  "), (2, "开发票", " 发 发票 开 开发 票 ")]
     assert found == [2]
     assert after == before and columns == ["search_text"]
+
+
+def test_postgresql_keeps_short_search_texts_beside_their_seq_for_counts(tmp_path: Path) -> None:
+    """Migration 0011: the store's short-text condition is the index's predicate, so a count of
+    short texts reads that index alone (and the long ones theirs), existing rows included; the
+    planner gets its statistics; a downgrade takes them all away."""
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+    from webapp.models import Completion
+    from webapp.store import search
+
+    insert = (
+        "INSERT INTO completions (seq, id, created, model, deleted, version, updated_at, search_text, search_grams) "
+        "VALUES (:seq, :id, 1, 'm', :deleted, 1, CURRENT_TIMESTAMP, :text, '')"
+    )
+    rows = [(1, "short", False, "order one"), (2, "long", False, "order " + "x" * 2000), (3, "gone", True, None), (4, "other", False, "none")]
+
+    def plan_and_count(short: bool) -> tuple[str, int]:
+        # Only the statement's shape matters here: on a tiny table the planner would rather read it all.
+        db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        db.session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
+        query = sa.select(Completion.seq).where(
+            Completion.deleted.is_(False), search.short_text(short=short), search.exact_match(db.session, "order")
+        )
+        compiled = query.compile(dialect=db.engine.dialect)
+        plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+        found = db.session.scalars(query).all()
+        db.session.rollback()
+        return plan, len(found)
+
+    with scratch_database("postgresql", tmp_path) as url:
+        migrate_database(url, "0010")
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            for seq, cid, deleted, text in rows:
+                db.session.execute(sa.text(insert), {"seq": seq, "id": cid, "deleted": deleted, "text": text})
+            db.session.commit()
+            upgrade()
+            short_plan, short_count = plan_and_count(True)
+            long_plan, long_count = plan_and_count(False)
+            statistics = set(db.session.scalars(sa.text("SELECT stxname FROM pg_statistic_ext")))
+            db.session.rollback()
+            downgrade(revision="0010")
+            names = set(db.session.scalars(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'completions'")))
+            after = set(db.session.scalars(sa.text("SELECT stxname FROM pg_statistic_ext")))
+            db.session.rollback()
+            db.engine.dispose()
+    assert "Index Only Scan using ix_completions_seq_search_text" in short_plan and short_count == 1
+    assert "ix_completions_long_search_text" in long_plan and long_count == 1
+    assert {"completions_search_text_bytes", "completion_metadata_key_value"} <= statistics
+    assert not {"ix_completions_seq_search_text", "ix_completions_long_search_text"} & names and not after

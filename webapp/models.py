@@ -75,6 +75,8 @@ SEARCH_INDEX_NAMES = (
     "ix_completions_search_text_grams",  # migration 0010: one GIN index over both columns
     "ix_completions_search_trgm",  # 0004's two, which 0010 replaces (a downgrade makes them again)
     "ix_completions_search_grams",
+    "ix_completions_seq_search_text",  # migration 0011: short search texts beside their seq, for counts
+    "ix_completions_long_search_text",  # and the longer ones (PostgreSQL)
 )
 # Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived).
 HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred")

@@ -305,6 +305,24 @@ def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
     return _fts_select(_fts_text, [*_text_phrases(plan.trigram_terms), *_gram_phrases(plan.grams, _fts_text)]).where(*checks)
 
 
+# The longest search text, in bytes, that PostgreSQL's index ``ix_completions_seq_search_text``
+# (migration 0011) keeps beside its seq: a B-tree entry holds at most about 2,700 bytes.
+SHORT_TEXT_BYTES = 2000
+
+
+def short_text(*, short: bool) -> Any:
+    """Return the row condition that a completion's search text is one that PostgreSQL's index
+    ``ix_completions_seq_search_text`` keeps (``short``), or one too long for it (not ``short``).
+
+    Written exactly as the index's predicate (the number a literal, not a parameter), so
+    that the planner proves the index holds every row the short condition selects and
+    counts them from the index alone; the long ones are read from their rows.
+    """
+    length = func.octet_length(Completion.search_text, type_=Integer)
+    limit = literal_column(str(SHORT_TEXT_BYTES), Integer)
+    return length <= limit if short else length > limit
+
+
 def exact_match(session: Session, term: str) -> Any:
     """Return the row condition that decides whether a completion holds ``term`` (case-folded) exactly.
 
