@@ -167,7 +167,7 @@ def _given_statements() -> tuple[Any, Any]:
         case((first, meetings.c[mine]), else_=meetings.c[other]).label(mine)
         for mine, other in (("key_a", "key_b"), ("value_a", "value_b"), ("key_b", "key_a"), ("value_b", "value_a"))
     ]
-    counted = select(*ordered, cast(func.sum(meetings.c["count"]), BigInteger)).group_by(*ordered)
+    counted = select(*ordered, cast(func.sum(meetings.c["count"]), BigInteger)).group_by(*ordered).order_by(*ordered)
     return _roll_up("postgresql", select(*hours.c).cte("hours")), _upsert_pair_counts("postgresql", counted)
 
 
@@ -248,8 +248,11 @@ def _roll_up(dialect: str, hours: Any) -> Any:
         ).group_by(day, hours.c.model),
     ).subquery("counted")
     names = ["span", "start", "model", "completions", "prompt_tokens", "completion_tokens"]
-    # WHERE true: SQLite reads an upsert's SELECT unambiguously only with a WHERE clause.
-    statement = _upsert(dialect)(CompletionRollup).from_select(names, select(*counted.c).where(true()))
+    # WHERE true: SQLite reads an upsert's SELECT unambiguously only with a WHERE clause. In key
+    # order: two batches written at once lock the rows they share in the same order (no deadlock).
+    statement = _upsert(dialect)(CompletionRollup).from_select(
+        names, select(*counted.c).where(true()).order_by(counted.c.span, counted.c.start, counted.c.model)
+    )
     return statement.on_conflict_do_update(
         index_elements=["span", "start", "model"],
         set_={name: getattr(CompletionRollup, name) + getattr(statement.excluded, name) for name in names[3:]},
