@@ -453,6 +453,32 @@ def test_a_repeated_id_in_many_batches_ends_as_its_last_line(runner, client, aut
     assert history == [({}, {"v": "0"})] + [({"v": str(n - 1)}, {"v": str(n)}) for n in range(1, 30)]
 
 
+def test_a_batch_that_loses_a_deadlock_is_written_again_and_counted_once(runner, tmp_path: Path, monkeypatch) -> None:
+    """PostgreSQL ends one of two transactions that wait for each other (writers locking shared rows
+    in a different order) with a deadlock error: that batch is written again, and counted once."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.cli import data
+
+    monkeypatch.setattr(data, "IMPORT_BATCH", 5)
+    write, lost = data.write_completions, []
+
+    def losing_once(batch, **kwargs):
+        if batch[0][0] == "6" and not lost:
+            lost.append(batch)
+            raise OperationalError("COPY completions ...", None, psycopg.errors.DeadlockDetected("deadlock detected"))
+        write(batch, **kwargs)
+
+    monkeypatch.setattr(data, "write_completions", losing_once)
+    lines = [json.dumps(completion_body(f"dl-{i:02d}", metadata={"i": str(i)})) for i in range(20)]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "dl.jsonl", lines))])
+    assert lost and "Imported 20 completions (20 new or changed, 0 unchanged); 0 bad lines skipped." in result.output, result.output
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(Completion)) == 20
+    assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == 20
+
+
 def test_import_changes_metadata_and_brings_a_deleted_completion_back(runner, client, auth, seeded, tmp_path: Path) -> None:
     assert client.delete("/v1/chat/completions/c1", headers=auth).status_code == 200
     lines = [

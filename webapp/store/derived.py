@@ -16,6 +16,11 @@ transaction, as before).
 The statements count by the very rules of the triggers: the rollup's bucket and token rule
 come from ``overview`` (which a test checks against a recount), the pair counts are the
 migration's own recount restricted to the batch, the search tables get the row's columns.
+On PostgreSQL a batch writer hands over what it already holds instead (each row's usage by
+``overview.usage_count``, its hour by ``overview.floor_to``, each two metadata pairs), and the
+rollup and pair counts take those values. Reading them back (a parse of every json body, a
+self-join) took 40-60 and 60-75 ms a batch of 2,500 rows; the given values take ~2 and ~15
+(measured side by side on the busy 2-core machine).
 """
 
 from __future__ import annotations
