@@ -438,6 +438,47 @@ def test_a_repeated_id_applies_in_file_order_with_its_history(runner, client, au
     assert client.get("/v1/chat/completions?metadata[v]=1", headers=auth).get_json()["data"] == []
 
 
+def test_a_repeated_id_in_many_batches_ends_as_its_last_line(runner, client, auth, tmp_path: Path, monkeypatch) -> None:
+    """Small batches, each holding the id again: written at once by several writers (PostgreSQL), still in file order."""
+    monkeypatch.setattr("webapp.cli.data.IMPORT_BATCH", 3)
+    lines = []
+    for n in range(30):
+        lines.append(json.dumps(completion_body("often", content=f"Version {n}", metadata={"v": str(n)})))
+        lines.extend(json.dumps(completion_body(f"once-{n}-{k}", metadata={"n": str(n)})) for k in range(2))
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "often.jsonl", lines))])
+    assert "Imported 90 completions (90 new or changed, 0 unchanged); 0 bad lines skipped." in result.output, result.output
+    got = client.get("/v1/chat/completions/often", headers=auth).get_json()
+    assert got["metadata"] == {"v": "29"} and got["choices"][0]["message"]["content"] == "Version 29"
+    history = [(c.before, c.after) for c in reversed(store.metadata_history(db.session, completion_id="often"))]
+    assert history == [({}, {"v": "0"})] + [({"v": str(n - 1)}, {"v": str(n)}) for n in range(1, 30)]
+
+
+def test_a_batch_that_loses_a_deadlock_is_written_again_and_counted_once(runner, tmp_path: Path, monkeypatch) -> None:
+    """PostgreSQL ends one of two transactions that wait for each other (writers locking shared rows
+    in a different order) with a deadlock error: that batch is written again, and counted once."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.cli import data
+
+    monkeypatch.setattr(data, "IMPORT_BATCH", 5)
+    write, lost = data.write_completions, []
+
+    def losing_once(batch, **kwargs):
+        if batch[0][0] == "6" and not lost:
+            lost.append(batch)
+            raise OperationalError("COPY completions ...", None, psycopg.errors.DeadlockDetected("deadlock detected"))
+        write(batch, **kwargs)
+
+    monkeypatch.setattr(data, "write_completions", losing_once)
+    lines = [json.dumps(completion_body(f"dl-{i:02d}", metadata={"i": str(i)})) for i in range(20)]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "dl.jsonl", lines))])
+    assert lost and "Imported 20 completions (20 new or changed, 0 unchanged); 0 bad lines skipped." in result.output, result.output
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(Completion)) == 20
+    assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == 20
+
+
 def test_import_changes_metadata_and_brings_a_deleted_completion_back(runner, client, auth, seeded, tmp_path: Path) -> None:
     assert client.delete("/v1/chat/completions/c1", headers=auth).status_code == 200
     lines = [

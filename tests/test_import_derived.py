@@ -35,9 +35,22 @@ def records() -> list[dict[str, Any]]:
             created=T0 + i * 1_900,
             model=f"m{i % 4}",
             content=f"我想申请退款，订单号 {i}" if chinese else f"Refund {i}: the ticket is nonrefundable, we ship it",
-            metadata={"team": "客服" if chinese else f"team-{i % 5}", "lang": "zh" if chinese else "en", **({"tier": f"t{i % 2}"} if i % 4 else {})},
+            # "Zeta" sorts before "lang" by code point, after it in most collations: the pairs take the database's order.
+            metadata={
+                "team": "客服" if chinese else f"team-{i % 5}",
+                "lang": "zh" if chinese else "en",
+                **({"tier": f"t{i % 2}"} if i % 4 else {}),
+                **({"Zeta": f"z{i % 3}"} if i % 5 == 0 else {}),
+            },
         )
-        body["usage"] = [{"prompt_tokens": i, "completion_tokens": 2 * i}, {"prompt_tokens": "7"}, {"prompt_tokens": 1.5}, None][i % 4]
+        body["usage"] = [
+            {"prompt_tokens": i, "completion_tokens": 2 * i},
+            {"prompt_tokens": "7"},
+            {"prompt_tokens": 1.5},
+            None,
+            {"prompt_tokens": -3, "completion_tokens": True},
+            {"prompt_tokens": 999_999_999_999, "completion_tokens": 10**12},
+        ][i % 6]
         lines.append(body)
     lines.append(completion_body("bare", created=T0 - 3_600, metadata={}))  # no metadata at all
     # The same id again later: its second version (new text, new metadata) replaces the first.

@@ -10,12 +10,13 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
 
 import click
 from flask import current_app
+from sqlalchemy.exc import OperationalError
 
 from .. import store, validation
 from ..extensions import db, write_transaction
@@ -24,9 +25,19 @@ from ..formats import FORMATS, export_lines
 # Lines per transaction: big enough that a batch costs a few statements per thousand lines
 # (and SQLite's search index gets few, large segments: 2,500 imported ~10% faster than 1,000),
 # small enough that the write lock is held about a tenth of a second at a time (API writers wait
-# at most that, far below DATABASE_TIMEOUT) and that the three batches alive at once (one read,
-# one queued, one written) take well under 100 MiB.
+# at most that, far below DATABASE_TIMEOUT) and that the batches alive at once (one read, one
+# queued, one written by each writer: three on SQLite, four on PostgreSQL) take well under 100 MiB.
 IMPORT_BATCH = 2500
+# Batches written at once, each by a thread on a connection of its own. PostgreSQL does a
+# batch's work (COPY: indexes, the search index's trigrams, foreign keys) in the connection's
+# server process, one core per connection; with two, one batch's server work overlaps the
+# other's round trips and Python work instead of waiting for them. SQLite has one writer at a
+# time: there a second thread would only wait for the lock.
+IMPORT_WRITERS = {"postgresql": 2}
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
+# A batch that lost a deadlock to another writer (batches updating rows that triggers count in
+# a different order) is written again, a few times at most.
+DEADLOCK_RETRIES = 5
 
 
 @dataclass
@@ -57,12 +68,14 @@ def write_completions(
     tally: Tally,
     report: Callable[[str, str], None],
     prepared: store.PreparedBatch | None = None,
+    one_by_one: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> None:
     """Upsert ``batch`` (labelled completions with distinct ids) in one transaction, counting into ``tally``.
 
     ``prepared``: its values, if already computed (``store.prepare_batch``). When the database
     refuses the batch, it is written again one completion at a time, each in a savepoint, so
-    the good ones land and ``report(label, message)`` names each refused one.
+    the good ones land and ``report(label, message)`` names each refused one; ``one_by_one()``
+    is entered around that rewrite.
     """
     completions = [completion for _label, completion in batch]
     try:
@@ -76,7 +89,7 @@ def write_completions(
         tally.changed += len(outcome.changed)
         tally.unchanged += len(outcome.unchanged)
         return
-    with write_transaction() as session:
+    with one_by_one(), write_transaction() as session:
         for label, completion in batch:
             try:
                 with session.begin_nested():
@@ -91,48 +104,145 @@ def write_completions(
             tally.unchanged += len(one.unchanged)
 
 
+class _Gate:
+    """Lets the writer threads write batches side by side, and one of them write alone.
+
+    A batch written line by line holds the rows the others count into (the rollup, the pair
+    counts) from its first line to its commit, seconds for a large batch: another writer
+    would wait for them in the database, up to its statement timeout. It waits here instead.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._sharing = 0
+        self._alone = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the gate with the other writers, once no writer holds it alone."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._sharing -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Within :meth:`shared` (and outside any transaction): hold the gate alone, once the others are done."""
+        with self._changed:
+            self._sharing -= 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._alone and self._sharing == 0)
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._alone = False
+                self._sharing += 1
+                self._changed.notify_all()
+
+
+@dataclass
+class _Queued:
+    """A batch for the writer threads: its lines, their prepared values, what it must wait for."""
+
+    batch: list[tuple[str, store.IncomingCompletion]]
+    prepared: store.PreparedBatch | None
+    after: list[threading.Event]  # batches queued earlier holding one of its ids: it is written after them
+    done: threading.Event
+
+
 class BatchWriter:
-    """Writes batches with :func:`write_completions` on a thread of its own, in the order given.
+    """Writes batches with :func:`write_completions` on threads of their own (``writers`` of them).
 
     The reading thread parses, checks and prepares the next batch meanwhile: the database's
     work (SQLite's, in this process, or PostgreSQL's, over the socket) runs outside the GIL,
-    so both CPU cores work. At most one batch waits, so memory stays bounded. Each batch is
-    still one transaction: a kill leaves whole batches, and a re-run upserts the rest.
+    so both CPU cores work. At most one batch waits besides those being written, so memory
+    stays bounded. Each batch is still one transaction: a kill leaves whole batches, and a
+    re-run upserts the rest. Batches sharing an id are written one after the other, in the
+    order given, so a repeated id ends as its last line; others may commit in any order.
     """
 
-    def __init__(self, *, actor: str, report: Callable[[str, str], None]) -> None:
-        self.tally = Tally()  # the writer's own: only this thread counts into it until ``close``
+    def __init__(self, *, actor: str, report: Callable[[str, str], None], writers: int = 1) -> None:
+        self.tally = Tally()  # the writers' counts, added up by ``close``
         self._actor, self._report = actor, report
-        self._queue: queue.Queue[tuple[list[tuple[str, store.IncomingCompletion]], store.PreparedBatch | None] | None] = queue.Queue(1)
+        self._queue: queue.Queue[_Queued | None] = queue.Queue(1)
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(current_app._get_current_object(),), name="import-writer")  # type: ignore[attr-defined]
-        self._thread.start()
+        self._pending: list[tuple[set[str], threading.Event]] = []  # ids and end of each batch queued and not yet written
+        self._gate = _Gate()
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self._tallies = [Tally() for _ in range(writers)]  # one per thread: only it counts into its own
+        self._threads = [
+            threading.Thread(target=self._run, args=(app, tally), name=f"import-writer-{n}") for n, tally in enumerate(self._tallies)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def put(self, batch: list[tuple[str, store.IncomingCompletion]], prepared: store.PreparedBatch | None) -> None:
-        """Queue ``batch`` (waits while another one waits); raise what stopped the writer, if anything did."""
+        """Queue ``batch`` (waits while another one waits); raise what stopped the writers, if anything did."""
         self.raise_failure()
-        self._queue.put((batch, prepared))
+        ids = {completion.body["id"] for _label, completion in batch}
+        self._pending = [(held, done) for held, done in self._pending if not done.is_set()]
+        item = _Queued(batch, prepared, after=[done for held, done in self._pending if not ids.isdisjoint(held)], done=threading.Event())
+        self._pending.append((ids, item.done))
+        self._queue.put(item)
 
     def close(self) -> None:
-        """Wait until every queued batch is written (or skipped, once the writer has stopped); again: nothing."""
-        if self._thread.is_alive():
+        """Wait until every queued batch is written (or skipped, once a writer has stopped); again: nothing."""
+        alive = [thread for thread in self._threads if thread.is_alive()]
+        for _thread in alive:
             self._queue.put(None)
-            self._thread.join()
+        for thread in alive:
+            thread.join()
+        if alive:
+            for tally in self._tallies:
+                self.tally.add(tally)
 
     def raise_failure(self) -> None:
-        """Raise what stopped the writer, if anything did."""
+        """Raise what stopped the writers, if anything did."""
         if self._failure is not None:
             raise self._failure
 
-    def _run(self, app: Any) -> None:
+    def _run(self, app: Any, tally: Tally) -> None:
         with app.app_context():
             while (item := self._queue.get()) is not None:
-                if self._failure is not None:
-                    continue  # stopped: the reader learns it at its next put; take what it queued meanwhile
                 try:
-                    write_completions(item[0], actor=self._actor, tally=self.tally, report=self._report, prepared=item[1])
+                    for earlier in item.after:
+                        earlier.wait()
+                    if self._failure is None:  # else stopped: the reader learns it at its next put; take what it queued meanwhile
+                        self._write(item, tally)
                 except BaseException as exc:  # the database went away, say: the reader raises it
                     self._failure = exc
+                finally:
+                    item.done.set()
+
+    def _write(self, item: _Queued, tally: Tally) -> None:
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            # Counted and reported once the batch is in: a batch written again counts once.
+            counted, refused = Tally(), list[tuple[str, str]]()
+            try:
+                with self._gate.shared():
+                    write_completions(
+                        item.batch,
+                        actor=self._actor,
+                        tally=counted,
+                        report=lambda *line: refused.append(line),
+                        prepared=item.prepared,
+                        one_by_one=self._gate.alone,
+                    )
+            except OperationalError as exc:
+                if attempt == DEADLOCK_RETRIES or getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
+                    raise
+                continue
+            tally.add(counted)
+            for label, message in refused:
+                self._report(label, message)
+            return
 
 
 def _prepared(batch: Sequence[tuple[str, store.IncomingCompletion]]) -> store.PreparedBatch | None:
@@ -193,7 +303,7 @@ def import_command(file: IO[bytes]) -> None:
     pending_bytes = 0
     # Unsized (stdin): a bar with no end that counts lines, given an iterable of unknown length.
     bar_args: dict[str, Any] = {"length": total} if total is not None else {"iterable": (n for n in ()), "show_pos": True}
-    writer = BatchWriter(actor="import", report=report)
+    writer = BatchWriter(actor="import", report=report, writers=IMPORT_WRITERS.get(db.engine.dialect.name, 1))
     try:
         with _bulk_load(), click.progressbar(label="Importing", file=sys.stderr, **bar_args) as bar:
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from ..models import Completion, CompletionMetadata, MetadataChange, utcnow
 from .completions import completion_values
-from .derived import deferred_derived_data, listed, member_of
+from .derived import deferred_derived_data, listed, member_of, pair_meetings
+from .overview import usage_count
 
 COMPLETIONS = Completion.__table__
 METADATA_ROWS = CompletionMetadata.__table__
@@ -220,6 +222,9 @@ class PreparedBatch:
     raw: list[dict[str, Any]]  # completion_values of each completion
     rows: list[tuple[Any, ...]]  # the same as the driver takes them
     ids: list[str]
+    # PostgreSQL: each completion's usage and metadata meetings, counted here (see DeferredRows)
+    usage: list[tuple[int, str, int, int]] | None = None
+    meetings: list[list[tuple[str, str, str, str]]] | None = None
 
 
 def prepare_batch(dialect: Dialect, completions: Sequence[IncomingCompletion]) -> PreparedBatch:
@@ -236,7 +241,14 @@ def prepare_batch(dialect: Dialect, completions: Sequence[IncomingCompletion]) -
     ids = [row[id_at] for row in rows]
     if len(set(ids)) != len(ids):
         raise ValueError("upsert_completions needs distinct ids in one batch")
-    return PreparedBatch(statements=sql, raw=raw, rows=rows, ids=ids)
+    if dialect.name != "postgresql":
+        return PreparedBatch(statements=sql, raw=raw, rows=rows, ids=ids)
+    usage = [
+        (values["created"], values["model"], usage_count(values["body"], "prompt_tokens"), usage_count(values["body"], "completion_tokens"))
+        for values in raw
+    ]
+    meetings = [pair_meetings(values["metadata_map"]) for values in raw]
+    return PreparedBatch(statements=sql, raw=raw, rows=rows, ids=ids, usage=usage, meetings=meetings)
 
 
 def upsert_completions(
@@ -296,6 +308,8 @@ def upsert_completions(
                 raise ConcurrentInsert(set(connection.scalars(select(Completion.id).where(new_ids), given)))
             seq_of = dict(_fetch_all(connection, select(Completion.id, Completion.seq).where(new_ids), given))
             deferred.inserted.extend(seq_of.values())
+            if prepared.usage is not None:
+                deferred.usage = [prepared.usage[i] for i in new]
 
         # Metadata pairs and history only where the metadata changed (a revived tombstone had none).
         moved = [(i, seq, before) for i, seq, before in updates if before != raw[i]["metadata_map"]]
@@ -308,6 +322,8 @@ def upsert_completions(
         if pairs:
             _insert(connection, sql, sql.insert_pairs, pairs)
             deferred.metadata.extend(seq for _i, seq, _before in targets)
+            if prepared.meetings is not None:
+                deferred.pairs = Counter(meeting for i, _seq, _before in targets for meeting in prepared.meetings[i])
         history = [
             (ids[i], actor, "{}" if not before else json.dumps(before), rows[i][metadata_at], now)
             for i, _seq, before in targets

@@ -9,7 +9,7 @@ here commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -110,6 +110,19 @@ def usage_tokens(dialect: str, name: str, *, body: Any = Completion.body) -> Col
         f"AND json_extract(completions.body, {path}) BETWEEN 0 AND {MAX_TOKENS} "
         f"THEN json_extract(completions.body, {path}) ELSE 0 END) ELSE 0 END"
     )
+
+
+def usage_count(body: Mapping[str, Any], name: str) -> int:
+    """Return one usage count of a completion body (parsed), by the triggers' rule that
+    :func:`usage_tokens` writes in SQL: a whole number from 0 to ``MAX_TOKENS``, else 0.
+
+    A batch writer that holds the parsed body counts with it instead of making the database
+    parse the stored JSON text again.
+    """
+    usage = body.get("usage")
+    value = usage.get(name) if isinstance(usage, dict) else None
+    # type() is int: a JSON true is a bool (an int subclass), and counts as 0 in SQL too.
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else 0
 
 
 def _count_rows(session: Session, *, span: int, where: Iterable[Any], filter: Filter) -> Any:
