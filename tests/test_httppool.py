@@ -179,6 +179,8 @@ def test_nobody_listening_is_unreachable() -> None:
         pool.post(b"{}", {})
 
 
-def test_only_http_urls_make_a_pool() -> None:
-    with pytest.raises(ValueError):
-        Pool("ftp://example.com/v1", timeout=1)
+def test_a_url_that_is_not_http_is_unreachable_and_says_why() -> None:
+    """A mistyped UPSTREAM_BASE_URL gives each create a 502, as an unreachable upstream does, not a 500."""
+    pool = Pool("localhost:11434/v1/chat/completions", timeout=1)
+    with pytest.raises(UpstreamUnreachable, match="not an http"):
+        pool.post(b"{}", {})

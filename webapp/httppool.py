@@ -116,15 +116,18 @@ class Pool:
 
     def __init__(self, url: str, *, timeout: float, max_idle: int = MAX_IDLE) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+        # A URL no request can go to (a mistyped UPSTREAM_BASE_URL) fails each request as unreachable, saying why.
+        self._unusable = None if parts.scheme in ("http", "https") and parts.hostname else f"not an http(s) URL: {url!r}"
         self.url = url
         self.path = parts.path or "/"
         if parts.query:
             self.path += f"?{parts.query}"
-        self._host = parts.hostname
+        self._host = parts.hostname or ""
         # Given, not left to http.client, which reads an IPv6 address's last group as a port.
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # a port that is no number
+            self._port, self._unusable = 0, f"not an http(s) URL: {url!r}"
         # TLS as httpx sets it up (certifi's certificates, or SSL_CERT_FILE / SSL_CERT_DIR), as before this pool.
         self._tls = httpx.create_ssl_context() if parts.scheme == "https" else None
         self._timeout = timeout
@@ -164,7 +167,9 @@ class Pool:
 
     def _checkout(self) -> http.client.HTTPConnection:
         """Return an idle connection the origin has not closed meanwhile, or a new one (which
-        connects on first use)."""
+        connects on first use). Raises UpstreamUnreachable when the URL is not an http(s) one."""
+        if self._unusable is not None:
+            raise UpstreamUnreachable(self._unusable)
         while True:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
