@@ -479,6 +479,50 @@ def test_a_batch_that_loses_a_deadlock_is_written_again_and_counted_once(runner,
     assert db.session.scalar(select(func.count()).select_from(MetadataChange)) == 20
 
 
+def test_an_import_whose_reading_fails_says_so_and_keeps_the_batches_read_before(runner, tmp_path: Path, monkeypatch) -> None:
+    """The input is read in a process of its own: what stops it reaches the user, and what it read before is written."""
+    import multiprocessing
+
+    from webapp.cli import data
+
+    read = data._read_batches
+
+    def failing_after_one_batch(file, dialect):
+        for item in read(file, dialect):
+            yield item
+            raise OSError("Input/output error")
+
+    monkeypatch.setattr(data, "IMPORT_BATCH", 2)
+    monkeypatch.setattr(data, "_read_batches", failing_after_one_batch)
+    lines = [json.dumps(completion_body(f"rf-{i}")) for i in range(5)]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "rf.jsonl", lines))])
+    assert result.exit_code == 1
+    assert "Could not read the input (OSError: Input/output error): check the file and run the import again" in result.output
+    db.session.rollback()
+    assert set(db.session.scalars(select(Completion.id))) == {"rf-0", "rf-1"}
+    assert not multiprocessing.active_children()
+
+
+def test_an_import_whose_writer_fails_stops_its_reading_process(runner, tmp_path: Path, monkeypatch) -> None:
+    import multiprocessing
+
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.cli import data
+
+    def database_gone(batch, **kwargs):
+        raise OperationalError("COMMIT", None, Exception("disk I/O error"))
+
+    monkeypatch.setattr(data, "IMPORT_BATCH", 2)
+    monkeypatch.setattr(data, "write_completions", database_gone)
+    lines = [json.dumps(completion_body(f"wf-{i}")) for i in range(40)]
+    result = runner.invoke(args=["import", str(write_jsonl(tmp_path / "wf.jsonl", lines))])
+    assert result.exit_code != 0 and isinstance(result.exception, OperationalError)
+    assert not multiprocessing.active_children()
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(Completion)) == 0
+
+
 def test_import_changes_metadata_and_brings_a_deleted_completion_back(runner, client, auth, seeded, tmp_path: Path) -> None:
     assert client.delete("/v1/chat/completions/c1", headers=auth).status_code == 200
     lines = [

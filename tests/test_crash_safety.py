@@ -30,6 +30,23 @@ def import_process(database_url: str, path: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def children(pid: int) -> list[int]:
+    """Return the processes ``pid`` started (Linux: /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def running(pid: int) -> bool:
+    """Return whether ``pid`` still runs (an ended process nobody has reaped yet does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
 def stored() -> int:
     db.session.rollback()
     return db.session.scalar(select(func.count()).select_from(Completion)) or 0
@@ -47,8 +64,15 @@ def test_import_killed_halfway_then_rerun(app, database_url: str, tmp_path: Path
         assert first.poll() is None, "the import finished before it could be killed: make the file bigger"
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    readers = children(first.pid)  # the process reading the input for it
+    assert readers
     first.send_signal(signal.SIGKILL)
     first.wait()
+    # Its reading process stops too (the pipe it writes to is gone): nothing is left running.
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in readers):
+        assert time.monotonic() < deadline, "the reading process outlived the killed import"
+        time.sleep(0.05)
     partial = stored()
     assert 0 < partial < LINES
     print(f"\nfigures: import of {LINES} lines killed with SIGKILL after {partial} were committed")

@@ -61,6 +61,7 @@ from .imports import (
     prepare_batch,
     refuses_a_row,
     upsert_completions,
+    write_prepared,
 )
 from .keys import (
     authenticate_api_key,
@@ -188,6 +189,7 @@ __all__ = [
     "undo_bulk_change",
     "update_metadata",
     "upsert_completions",
+    "write_prepared",
     "usage_series",
     "user_for_session",
     "verify_sign_in",

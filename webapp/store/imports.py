@@ -155,7 +155,7 @@ def _insert(connection: Connection, statements: _Statements, statement: str, row
 
     SQLite: as many rows a statement as its parameter limit allows, so that the database
     works through hundreds of rows in one call without the GIL (an ``executemany`` takes the
-    GIL back after every row, and waits for it while the reading thread runs). COPY has no
+    GIL back after every row, and waits for it while another thread of the process runs). COPY has no
     ON CONFLICT: an id stored meanwhile by another writer makes it fail as a whole with
     IntegrityError, and the caller writes the batch again line by line.
     """
@@ -184,7 +184,7 @@ def _fetch_all(connection: Connection, statement: Any, parameters: dict[str, Any
     """Return the rows of ``statement``; on SQLite as one JSON array made by the database, in one step.
 
     Python's sqlite3 hands the GIL back and forth for every row it steps through, and a
-    thousand rows then wait a thousand times for the reading thread to let go of it. JSON
+    thousand rows then wait a thousand times for another thread of the process to let go of it. JSON
     keeps what the driver would give: integers, text (the JSON columns are selected as
     text) and NULL.
     """
@@ -203,75 +203,82 @@ def _driver_row(statements: _Statements, values: Mapping[str, Any]) -> tuple[Any
     return tuple(row)
 
 
-def _same(statements: _Statements, stored: Sequence[Any], new: Sequence[Any], raw: Mapping[str, Any]) -> bool:
+def _same(statements: _Statements, stored: Sequence[Any], new: Sequence[Any]) -> bool:
     """Return whether a stored row (JSON columns as text) holds exactly the new values."""
-    for index, name in enumerate(statements.names):
+    for index in range(len(statements.names)):
         if stored[index] == new[index]:
             continue
         # The same JSON may be spelled differently (written by another serialiser): compare values.
-        if not statements.json[index] or stored[index] is None or json.loads(stored[index]) != raw[name]:
+        if not statements.json[index] or stored[index] is None or json.loads(stored[index]) != json.loads(new[index]):
             return False
     return True
 
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """A batch's column values and driver rows, computed before its write transaction begins."""
+    """A batch's driver rows, computed before its write transaction begins.
 
-    statements: _Statements
-    raw: list[dict[str, Any]]  # completion_values of each completion
-    rows: list[tuple[Any, ...]]  # the same as the driver takes them
+    Plain data (no statements, no functions): it may be computed in another process and
+    handed over pickled, as ``import`` does.
+    """
+
+    names: tuple[str, ...]  # the columns of ``rows``: the Completion attributes completion_values returns
+    rows: list[tuple[Any, ...]]  # each completion's values as the driver takes them
     ids: list[str]
+    metadata: list[dict[str, str]]  # each completion's metadata map
     # PostgreSQL: each completion's usage and metadata meetings, counted here (see DeferredRows)
     usage: list[tuple[int, str, int, int]] | None = None
     meetings: list[list[tuple[str, str, str, str]]] | None = None
 
 
 def prepare_batch(dialect: Dialect, completions: Sequence[IncomingCompletion]) -> PreparedBatch:
-    """Return the values :func:`upsert_completions` writes for ``completions`` (distinct ids) on ``dialect``.
+    """Return the values :func:`write_prepared` writes for ``completions`` (distinct ids) on ``dialect``.
 
     Pure computation, no database: a caller may prepare the next batch while one is written.
     """
     if not completions:
         raise ValueError("prepare_batch needs at least one completion")
     raw = [completion_values(body=c.body, messages=c.messages, metadata=c.metadata) for c in completions]
-    sql = _statements(dialect, list(raw[0]))
+    names = list(raw[0])
+    sql = _statements(dialect, names)
     rows = [_driver_row(sql, values) for values in raw]
     id_at = sql.names.index("id")
     ids = [row[id_at] for row in rows]
     if len(set(ids)) != len(ids):
         raise ValueError("upsert_completions needs distinct ids in one batch")
+    metadata = [values["metadata_map"] for values in raw]
     if dialect.name != "postgresql":
-        return PreparedBatch(statements=sql, raw=raw, rows=rows, ids=ids)
+        return PreparedBatch(names=tuple(names), rows=rows, ids=ids, metadata=metadata)
     usage = [
         (values["created"], values["model"], usage_count(values["body"], "prompt_tokens"), usage_count(values["body"], "completion_tokens"))
         for values in raw
     ]
     meetings = [pair_meetings(values["metadata_map"]) for values in raw]
-    return PreparedBatch(statements=sql, raw=raw, rows=rows, ids=ids, usage=usage, meetings=meetings)
+    return PreparedBatch(names=tuple(names), rows=rows, ids=ids, metadata=metadata, usage=usage, meetings=meetings)
 
 
-def upsert_completions(
-    session: Session, *, completions: Sequence[IncomingCompletion], actor: str, prepared: PreparedBatch | None = None
-) -> BatchOutcome:
+def upsert_completions(session: Session, *, completions: Sequence[IncomingCompletion], actor: str) -> BatchOutcome:
     """Insert or replace each completion by id, in a few statements for the whole batch.
 
     The ids must be distinct (a caller splits its batch where an id repeats). Column values
-    come from :func:`~.completions.completion_values` only (``prepared``: already computed by
-    :func:`prepare_batch` for these ``completions``). Returns which ids changed and
+    come from :func:`~.completions.completion_values` only. Returns which ids changed and
     which were already stored exactly so. Raises one of ``ROW_REFUSALS`` when the database
     refuses a row; the caller's transaction should then be rolled back (the batch may be
     half written) and the completions written one by one to find the culprit.
     """
     if not completions:
         return BatchOutcome(changed=[], unchanged=[])
-    if prepared is None:
-        prepared = prepare_batch(session.get_bind().dialect, completions)
-    sql, raw, rows, ids = prepared.statements, prepared.raw, prepared.rows, prepared.ids
+    return write_prepared(session, prepared=prepare_batch(session.get_bind().dialect, completions), actor=actor)
+
+
+def write_prepared(session: Session, *, prepared: PreparedBatch, actor: str) -> BatchOutcome:
+    """Write a batch :func:`prepare_batch` computed, as :func:`upsert_completions` does."""
+    connection = session.connection()
+    sql = _statements(connection.dialect, list(prepared.names))
+    rows, ids, metadata = prepared.rows, prepared.ids, prepared.metadata
     names = sql.names
     id_at, deleted_at, metadata_at = names.index("id"), names.index("deleted"), names.index("metadata_map")
     now = sql.when(utcnow())
-    connection = session.connection()
 
     as_text = [cast(getattr(Completion, n), Text) if j else getattr(Completion, n) for n, j in zip(names, sql.json)]
     dialect = connection.dialect.name
@@ -288,7 +295,7 @@ def upsert_completions(
         old = stored.get(row[id_at])
         if old is None:
             new.append(index)
-        elif not old[1 + deleted_at] and _same(sql, old[1:], row, raw[index]):
+        elif not old[1 + deleted_at] and _same(sql, old[1:], row):
             unchanged.append(row[id_at])
         else:
             before = {} if old[1 + deleted_at] else json.loads(old[1 + metadata_at] or "{}")
@@ -312,13 +319,13 @@ def upsert_completions(
                 deferred.usage = [prepared.usage[i] for i in new]
 
         # Metadata pairs and history only where the metadata changed (a revived tombstone had none).
-        moved = [(i, seq, before) for i, seq, before in updates if before != raw[i]["metadata_map"]]
+        moved = [(i, seq, before) for i, seq, before in updates if before != metadata[i]]
         if updates:
             connection.exec_driver_sql(sql.update, [rows[i] + (now, seq) for i, seq, _before in updates])
             if moved:
                 connection.execute(delete(CompletionMetadata).where(CompletionMetadata.completion_seq.in_([s for _i, s, _b in moved])))
         targets = [(i, seq_of[ids[i]], {}) for i in new] + moved
-        pairs = [(seq, key, value) for i, seq, _before in targets for key, value in raw[i]["metadata_map"].items()]
+        pairs = [(seq, key, value) for i, seq, _before in targets for key, value in metadata[i].items()]
         if pairs:
             _insert(connection, sql, sql.insert_pairs, pairs)
             deferred.metadata.extend(seq for _i, seq, _before in targets)
@@ -327,7 +334,7 @@ def upsert_completions(
         history = [
             (ids[i], actor, "{}" if not before else json.dumps(before), rows[i][metadata_at], now)
             for i, _seq, before in targets
-            if before != raw[i]["metadata_map"]
+            if before != metadata[i]
         ]
         if history:
             _insert(connection, sql, sql.insert_history, history)
