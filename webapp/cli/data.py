@@ -26,8 +26,9 @@ from ..formats import FORMATS, export_lines
 # Lines per transaction: big enough that a batch costs a few statements per thousand lines
 # (and SQLite's search index gets few, large segments: 2,500 imported ~10% faster than 1,000),
 # small enough that the write lock is held about a tenth of a second at a time (API writers wait
-# at most that, far below DATABASE_TIMEOUT) and that the batches alive at once (one read, one
-# queued, one written by each writer: three on SQLite, four on PostgreSQL) take well under 100 MiB.
+# at most that, far below DATABASE_TIMEOUT) and that the batches alive at once (one received, one
+# queued, one written by each writer: three on SQLite, four on PostgreSQL; and in the reading
+# process one read and one on its way through the pipe) take well under 100 MiB.
 IMPORT_BATCH = 2500
 # Batches written at once, each by a thread on a connection of its own. PostgreSQL does a
 # batch's work (COPY: indexes, the search index's trigrams, foreign keys) in the connection's
