@@ -7,7 +7,8 @@ whose database already holds that many bench completions is reused) with multili
 conversations (bench/seed.py), then times what the admin list and the API do for a
 search, newest first: the first page of a rare term, a common term, a two-character
 Chinese word, a term with a metadata filter, a term within a day, a term matching nothing,
-and the capped match count the admin list shows beside such a page. Prints median and p95
+and the capped match count the admin list shows beside such a page (also for two combined
+filters beyond the issue's shapes, which are slower). Prints median and p95
 per shape and per size, and the ratio of the largest size to the first.
 """
 
@@ -52,6 +53,9 @@ def shapes(repeat: int) -> list[Shape]:
         (f"capped count, term + metadata filter ({COMMON_WORD}, team=team-2)", count(search=COMMON_WORD, metadata=[("team", "team-2")]), repeat),
         ("capped count, two terms (order 发票)", count(search=f"{COMMON_WORD} 发票"), repeat),
         ("capped count, no filter", count(), repeat),
+        # Beyond the issue's shapes: counts the admin list shows for filters people combine.
+        (f"capped count, Chinese word + metadata filter ({CJK_WORD}, team=team-2)", count(search=CJK_WORD, metadata=[("team", "team-2")]), repeat),
+        (f"capped count, term + model + metadata filter ({COMMON_WORD}, model-2, team=team-2)", count(search=COMMON_WORD, model="model-2", metadata=[("team", "team-2")]), repeat),
     ]
 
 
