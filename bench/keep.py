@@ -1,0 +1,94 @@
+"""What keeping a completion costs on SQLite, in process, run by hand:
+``python bench/keep.py [--creates 4000]``.
+
+Times the transaction a ``store: true`` create runs (``api.create._save``: the completion,
+its metadata row and its history row, with the search, rollup and pair-count triggers, one
+``BEGIN IMMEDIATE`` transaction) on a temporary SQLite file, alternating two cases:
+
+- ``after its own write``: the connection wrote the last transaction itself, so its page cache
+  is still valid;
+- ``after another connection's write``: another connection wrote in between (as the other
+  gunicorn workers, or the other connections of the pool, do in a running store), so SQLite
+  drops the connection's page cache and reads the pages again.
+
+Prints the median and p95 of each, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench_helpers import empty_and_migrate, make_app  # noqa: E402
+
+REQUEST = {
+    "model": "gpt-bench",
+    "messages": [{"role": "user", "content": "Say hello in five words."}],
+    "store": True,
+    "metadata": {"bench": "yes"},
+}
+WARMUP = 400
+
+
+def completion(i: int) -> dict[str, object]:
+    return {
+        "id": f"chatcmpl-keep{i:08d}", "object": "chat.completion", "created": 1_700_000_000 + i, "model": "gpt-bench",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, friend of mine!"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30},
+    }
+
+
+def summary(name: str, seconds: list[float]) -> float:
+    ordered = sorted(seconds)
+    median = statistics.median(ordered) * 1e6
+    p95 = ordered[max(0, math.ceil(len(ordered) * 0.95) - 1)] * 1e6
+    print(f"{name:<34} median {median:7.1f} us   p95 {p95:7.1f} us   ({len(ordered)} creates)")
+    return median
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--creates", type=int, default=4000)
+    args = parser.parse_args()
+
+    from webapp import validation
+    from webapp.api.create import _save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "keep.db")
+        url = f"sqlite:///{path}"
+        empty_and_migrate(url)
+        app = make_app(url)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("CREATE TABLE bench_poke (n INTEGER)")
+        own: list[float] = []
+        others: list[float] = []
+        with app.app_context():
+            create = validation.clean_create_request(REQUEST)
+            for i in range(args.creates + WARMUP):
+                poked = i % 2 == 1
+                if poked:
+                    other.execute("INSERT INTO bench_poke VALUES (1)")
+                start = time.perf_counter()
+                _save(create, completion(i), "req-bench", "key:bench")
+                elapsed = time.perf_counter() - start
+                if i >= WARMUP:
+                    (others if poked else own).append(elapsed)
+        other.close()
+    print(f"keeping a completion (SQLite, in process, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')})")
+    warm = summary("after its own write", own)
+    cold = summary("after another connection's write", others)
+    print(f"another connection's write makes it {cold / warm:.2f}x as long")
+
+
+if __name__ == "__main__":
+    main()
