@@ -329,10 +329,10 @@ class BatchWriter:
     def put(self, batch: Sequence[tuple[str, store.IncomingCompletion]], prepared: store.PreparedBatch | None, ids: Sequence[str]) -> None:
         """Queue ``batch`` (its completions' ``ids``; waits while another one waits); raise what stopped the writers, if anything did."""
         self.raise_failure()
-        ids = set(ids)
+        mine = set(ids)
         self._pending = [(held, done) for held, done in self._pending if not done.is_set()]
-        item = _Queued(batch, prepared, after=[done for held, done in self._pending if not ids.isdisjoint(held)], done=threading.Event())
-        self._pending.append((ids, item.done))
+        item = _Queued(batch, prepared, after=[done for held, done in self._pending if not mine.isdisjoint(held)], done=threading.Event())
+        self._pending.append((mine, item.done))
         self._queue.put(item)
 
     def close(self) -> None:
