@@ -53,7 +53,9 @@ def shapes(repeat: int) -> list[Shape]:
         (f"capped count, term + metadata filter ({COMMON_WORD}, team=team-2)", count(search=COMMON_WORD, metadata=[("team", "team-2")]), repeat),
         ("capped count, two terms (order 发票)", count(search=f"{COMMON_WORD} 发票"), repeat),
         ("capped count, no filter", count(), repeat),
-        # Beyond the shapes: counts the admin list shows for filters people combine.
+        # Beyond the shapes: filters people combine, and the counts the admin list shows beside them.
+        (f"Chinese word + metadata filter ({CJK_WORD}, team=team-2)", first_page(search=CJK_WORD, metadata=[("team", "team-2")]), repeat),
+        (f"term + model + metadata filter ({COMMON_WORD}, model-2, team=team-2)", first_page(search=COMMON_WORD, model="model-2", metadata=[("team", "team-2")]), repeat),
         (f"capped count, Chinese word + metadata filter ({CJK_WORD}, team=team-2)", count(search=CJK_WORD, metadata=[("team", "team-2")]), repeat),
         (f"capped count, term + model + metadata filter ({COMMON_WORD}, model-2, team=team-2)", count(search=COMMON_WORD, model="model-2", metadata=[("team", "team-2")]), repeat),
     ]

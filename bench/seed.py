@@ -112,7 +112,7 @@ def _row(i: int, pool: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> dic
 def _migration(name: str) -> ModuleType:
     """Load the migration module ``migrations/versions/*_<name>.py``."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    (path,) = glob.glob(os.path.join(root, "migrations", "versions", f"*_{name}.py"))
+    (path,) = glob.glob(os.path.join(root, "migrations", "versions", f"[0-9][0-9][0-9][0-9]_{name}.py"))
     spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -122,7 +122,7 @@ def _migration(name: str) -> ModuleType:
 
 def _migrations() -> list[ModuleType]:
     """The migrations whose derived data (search indexes, metadata pair counts) a bulk load drops and rebuilds."""
-    return [_migration(name) for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index", "short_search_text_beside_seq")]
+    return [_migration(name) for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index", "short_search_text_beside_seq", "search_index_filter_words")]
 
 
 def derived_data(dialect: str, *, up: bool) -> list[str]:

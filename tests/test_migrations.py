@@ -77,7 +77,7 @@ def test_postgresql_intersects_a_term_and_a_cjk_word_in_one_index_scan(tmp_path:
     from webapp.store import search
 
     with scratch_database("postgresql", tmp_path) as url:
-        migrate_database(url)
+        migrate_database(url, revision="0011")  # 0012 replaces the index with one of three columns
         app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
         with app.app_context():
             definitions = dict(db.session.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'completions'")).all())
@@ -95,6 +95,67 @@ def test_postgresql_intersects_a_term_and_a_cjk_word_in_one_index_scan(tmp_path:
             db.session.rollback()
             db.engine.dispose()
         assert {"ix_completions_search_trgm", "ix_completions_search_grams"} <= names and "ix_completions_search_text_grams" not in names
+
+
+def test_postgresql_keeps_filter_words_and_intersects_them_with_the_terms_in_one_index_scan(tmp_path: Path) -> None:
+    """Migration 0012: PostgreSQL keeps each completion's filter words (its model, its metadata
+    pairs) in a generated column, through every write, and the GIN index holds them beside the
+    terms, so that a search beside a model and a pair is one index scan; a downgrade gives
+    back 0010's index and drops the column."""
+    from flask_migrate import downgrade
+
+    from webapp import create_app, store
+    from webapp.models import Completion
+    from webapp.store import search
+    from webapp.validation import Filter
+
+    def words(completion_id: str) -> list[str] | None:
+        return db.session.scalar(sa.text("SELECT filter_words FROM completions WHERE id = :id"), {"id": completion_id})
+
+    with scratch_database("postgresql", tmp_path) as url:
+        migrate_database(url)
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            reply = {"index": 0, "message": {"role": "assistant", "content": "Your order shipped"}, "finish_reason": "stop"}
+            body = {"id": "cmpl-a", "created": 1, "model": "gpt-x", "choices": [reply]}
+            store.save_completion(db.session, body=body, messages=[], metadata={"team": "red", "te": "amred"}, actor="t")
+            db.session.commit()
+            # The key's length keeps "team"="red" and "te"="amred" apart.
+            assert sorted(words("cmpl-a")) == ["2:teamred", "4:teamred", "=gpt-x"]
+
+            def found(model: str, metadata: dict[str, str]) -> int:
+                # A search beside a model and pairs is decided by the words: no check of completion_metadata.
+                return store.count_completions(db.session, filter=Filter(search=("order",), model=model, metadata=metadata))
+
+            assert (found("gpt-x", {"team": "red"}), found("gpt-x", {"te": "amred"}), found("gpt-y", {"team": "red"})) == (1, 1, 0)
+            assert found("gpt-x", {"te": "amre"}) == found("gpt-x", {"tea": "mred"}) == 0
+            store.update_metadata(db.session, completion_id="cmpl-a", metadata={"team": "blue"}, actor="t")
+            db.session.commit()
+            assert sorted(words("cmpl-a")) == ["4:teamblue", "=gpt-x"]
+            assert (found("gpt-x", {"team": "red"}), found("gpt-x", {"team": "blue"})) == (0, 1)
+            store.delete_completion(db.session, completion_id="cmpl-a")
+            db.session.commit()
+            assert words("cmpl-a") == ["=gpt-x"]  # a tombstone's metadata is JSON null
+
+            definitions = dict(db.session.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'completions'")).all())
+            assert "ix_completions_search_text_grams" not in definitions
+            assert "gin (search_text gin_trgm_ops, string_to_array(search_grams, ' '::text), filter_words)" in definitions["ix_completions_search_words"]
+            db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            conditions = [
+                *search.index_conditions(db.session, ("order", "发票")),
+                *search.filter_words(db.session, model="gpt-x", metadata={"team": "red"}),
+            ]
+            compiled = sa.select(Completion.seq).where(*conditions).compile(dialect=db.engine.dialect)
+            plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+            db.session.rollback()
+            assert "ix_completions_search_words" in plan and "BitmapAnd" not in plan and "filter_words @>" in plan
+            downgrade(revision="0011")
+            definitions = dict(db.session.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'completions'")).all())
+            columns = set(db.session.execute(sa.text("SELECT column_name FROM information_schema.columns WHERE table_name = 'completions'")).scalars())
+            db.session.rollback()
+            db.engine.dispose()
+        assert "ix_completions_search_text_grams" in definitions and "ix_completions_search_words" not in definitions
+        assert "filter_words" not in columns
 
 
 def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_the_triggers(tmp_path: Path) -> None:

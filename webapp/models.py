@@ -77,9 +77,11 @@ SEARCH_INDEX_NAMES = (
     "ix_completions_search_grams",
     "ix_completions_seq_search_text",  # migration 0011: short search texts beside their seq, for counts
     "ix_completions_long_search_text",  # and the longer ones (PostgreSQL)
+    "ix_completions_search_words",  # migration 0012: 0010's two columns and the filter words, in one GIN index
 )
 # Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived).
-HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred")
+# And PostgreSQL's generated column of a completion's filter words (migration 0012, store.search.filter_words).
+HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred", "filter_words")
 
 
 def is_hand_made(name: str | None) -> bool:

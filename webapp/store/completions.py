@@ -163,18 +163,22 @@ def _conditions(session: Session, filter: Filter, *, driver: _Driver | None, ind
     conditions: list[Any] = [Completion.deleted.is_(False)]
     if driver is not None:
         conditions.append(_seq_in(session, driver.seqs))
-    if filter.model is not None:
+    # PostgreSQL's GIN index, for its planner to use or not (none on SQLite: it was probed): the
+    # terms, and the model and pairs beside them, intersected in one scan (migration 0012). Its
+    # filter words decide the model and the pairs exactly: their own checks would repeat them.
+    words = search.filter_words(session, model=filter.model, metadata=filter.metadata) if driver is None and indexed and filter.search else []
+    if filter.model is not None and not words:
         conditions.append(Completion.model == filter.model)
     if filter.created_after is not None:
         conditions.append(Completion.created >= filter.created_after)
     if filter.created_before is not None:
         conditions.append(Completion.created < filter.created_before)
-    # The driving pair's own check would only repeat it (and lead PostgreSQL to a worse plan).
-    conditions += [_metadata_check(key, value) for key, value in filter.metadata.items() if driver is None or (key, value) != driver.pair]
+    if not words:
+        # The driving pair's own check would only repeat it (and lead PostgreSQL to a worse plan).
+        conditions += [_metadata_check(key, value) for key, value in filter.metadata.items() if driver is None or (key, value) != driver.pair]
     conditions += [search.exact_match(session, term) for term in filter.search]
     if driver is None and indexed:
-        # PostgreSQL's GIN indexes, for its planner to use or not (none on SQLite: it was probed).
-        conditions += search.index_conditions(session, filter.search)
+        conditions += search.index_conditions(session, filter.search) + words
     return conditions
 
 

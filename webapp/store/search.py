@@ -280,6 +280,26 @@ def index_conditions(session: Session, terms: tuple[str, ...]) -> list[Any]:
     return conditions
 
 
+# PostgreSQL's generated column of filter words (migration 0012): models.py does not describe it.
+_FILTER_WORDS = literal_column("completions.filter_words", type_=ARRAY(Text))
+
+
+def filter_words(session: Session, *, model: str | None, metadata: Mapping[str, str]) -> list[Any]:
+    """Return the PostgreSQL row condition its GIN index serves for a model and metadata pairs
+    beside a search (empty on SQLite, or with neither): the completion holds their filter words.
+
+    The words are PostgreSQL's generated column ``filter_words``, the third column of the
+    index that holds the trigrams and the gram words (migration 0012), so that the terms and
+    the filters are intersected inside one scan. Each word decides its filter exactly
+    (written as the migration's function writes it, so that none reads as another); the
+    callers keep their own checks all the same: the condition is for the planner to use or not.
+    """
+    if session.get_bind().dialect.name == "sqlite" or (model is None and not metadata):
+        return []
+    wanted = ([f"={model}"] if model is not None else []) + [f"{len(key)}:{key}{value}" for key, value in metadata.items()]
+    return [_FILTER_WORDS.contains(bindparam("filter_words", wanted, type_=ARRAY(Text)))]
+
+
 def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
     """Return a SELECT of the ``seq`` of every live completion holding all ``terms``, decided by the
     SQLite indexes without reading a completion; None on PostgreSQL or when no term is indexable.
