@@ -58,6 +58,7 @@ def shapes(repeat: int) -> list[Shape]:
         (f"term + model + metadata filter ({COMMON_WORD}, model-2, team=team-2)", first_page(search=COMMON_WORD, model="model-2", metadata=[("team", "team-2")]), repeat),
         (f"capped count, Chinese word + metadata filter ({CJK_WORD}, team=team-2)", count(search=CJK_WORD, metadata=[("team", "team-2")]), repeat),
         (f"capped count, term + model + metadata filter ({COMMON_WORD}, model-2, team=team-2)", count(search=COMMON_WORD, model="model-2", metadata=[("team", "team-2")]), repeat),
+        (f"capped count, term within one day ({COMMON_WORD})", count(search=COMMON_WORD, created_after=day, created_before=str(int(day) + 86_400)), repeat),
     ]
 
 

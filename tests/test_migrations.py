@@ -133,6 +133,25 @@ def test_postgresql_keeps_filter_words_and_intersects_them_with_the_terms_in_one
             db.session.commit()
             assert sorted(words("cmpl-a")) == ["4:teamblue", "=gpt-x"]
             assert (found("gpt-x", {"team": "red"}), found("gpt-x", {"team": "blue"})) == (0, 1)
+            # The largest metadata allowed (16 pairs of 64 + 512 characters) is kept (its words do not fit
+            # the index of short texts, which must refuse no write), and found by a count along it.
+            big = {f"k{i:02d}".ljust(64, "k"): f"v{i}".ljust(512, "é") for i in range(16)}
+            store.save_completion(db.session, body={**body, "id": "cmpl-big"}, messages=[], metadata=big, actor="t")
+            db.session.commit()
+            assert len(words("cmpl-big")) == 17
+            assert found("gpt-x", dict([next(iter(big.items()))])) == 1
+            db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            db.session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
+            walk = sa.select(Completion.seq).where(
+                *search.filter_words(db.session, model="gpt-x", metadata={"team": "blue"}), search.exact_match(db.session, "order"),
+                Completion.deleted.is_(False), search.short_text(short=True),
+            ).order_by(Completion.created, Completion.seq)
+            compiled = walk.compile(dialect=db.engine.dialect)
+            plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+            assert [*db.session.scalars(walk)] == [db.session.scalar(sa.text("SELECT seq FROM completions WHERE id = 'cmpl-a'"))]
+            db.session.rollback()
+            # The short texts' index keeps the words: the walk tests them there, reading no row.
+            assert "Index Only Scan using ix_completions_created_seq_search_text" in plan and "filter_words @>" in plan
             store.delete_completion(db.session, completion_id="cmpl-a")
             db.session.commit()
             assert words("cmpl-a") == ["=gpt-x"]  # a tombstone's metadata is JSON null
@@ -155,7 +174,8 @@ def test_postgresql_keeps_filter_words_and_intersects_them_with_the_terms_in_one
             db.session.rollback()
             db.engine.dispose()
         assert "ix_completions_search_text_grams" in definitions and "ix_completions_search_words" not in definitions
-        assert "filter_words" not in columns
+        assert "INCLUDE (search_text) WHERE" in definitions["ix_completions_seq_search_text"]  # 0011's, as it was
+        assert "ix_completions_created_seq_search_text" not in definitions and "filter_words" not in columns
 
 
 def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_the_triggers(tmp_path: Path) -> None:
@@ -195,9 +215,9 @@ def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_
 
 
 def test_postgresql_keeps_short_search_texts_beside_their_seq_for_counts(tmp_path: Path) -> None:
-    """Migration 0011: the store's short-text condition is the index's predicate, so a count of
-    short texts reads that index alone (and the long ones theirs), existing rows included; the
-    planner gets its statistics; a downgrade takes them all away."""
+    """Migrations 0011 and 0012: the store's short-text condition is the index's predicate, so a
+    count of short texts reads that index alone (and the long ones theirs), existing rows
+    included; the planner gets its statistics; a downgrade takes them all away."""
     from flask_migrate import downgrade, upgrade
 
     from webapp import create_app
@@ -240,7 +260,8 @@ def test_postgresql_keeps_short_search_texts_beside_their_seq_for_counts(tmp_pat
             after = set(db.session.scalars(sa.text("SELECT stxname FROM pg_statistic_ext")))
             db.session.rollback()
             db.engine.dispose()
-    assert "Index Only Scan using ix_completions_seq_search_text" in short_plan and short_count == 1
+    assert "Index Only Scan using ix_completions_created_seq_search_text" in short_plan and short_count == 1
     assert "ix_completions_long_search_text" in long_plan and long_count == 1
-    assert {"completions_search_text_bytes", "completion_metadata_key_value"} <= statistics
-    assert not {"ix_completions_seq_search_text", "ix_completions_long_search_text"} & names and not after
+    assert {"completions_search_text_bytes", "completion_metadata_key_value", "completions_metadata_bytes"} <= statistics
+    assert not {"ix_completions_seq_search_text", "ix_completions_created_seq_search_text", "ix_completions_long_search_text"} & names
+    assert not after

@@ -78,6 +78,7 @@ SEARCH_INDEX_NAMES = (
     "ix_completions_seq_search_text",  # migration 0011: short search texts beside their seq, for counts
     "ix_completions_long_search_text",  # and the longer ones (PostgreSQL)
     "ix_completions_search_words",  # migration 0012: 0010's two columns and the filter words, in one GIN index
+    "ix_completions_created_seq_search_text",  # and 0011's short texts by (created, seq), with the words
 )
 # Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived).
 # And PostgreSQL's generated column of a completion's filter words (migration 0012, store.search.filter_words).

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Integer, and_, MetaData, String, Table, Text, bindparam, func, literal_column, select, text
+from sqlalchemy import Column, Integer, and_, cast, MetaData, String, Table, Text, bindparam, func, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -325,22 +325,30 @@ def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
     return _fts_select(_fts_text, [*_text_phrases(plan.trigram_terms), *_gram_phrases(plan.grams, _fts_text)]).where(*checks)
 
 
-# The longest search text, in bytes, that PostgreSQL's index ``ix_completions_seq_search_text``
-# (migration 0011) keeps beside its seq: a B-tree entry holds at most about 2,700 bytes.
-SHORT_TEXT_BYTES = 2000
+# What PostgreSQL's index ``ix_completions_created_seq_search_text`` keeps beside a (created, seq) (migration 0012:
+# the search text and the filter words) must fit a B-tree entry, about 2,700 bytes at most: a
+# text of up to 1,800 bytes, and metadata of up to 400 bytes as JSON (its words take no more,
+# the model's at most 256).
+SHORT_TEXT_BYTES = 1800
+SHORT_METADATA_BYTES = 400
 
 
 def short_text(*, short: bool) -> Any:
-    """Return the row condition that a completion's search text is one that PostgreSQL's index
-    ``ix_completions_seq_search_text`` keeps (``short``), or one too long for it (not ``short``).
+    """Return the row condition that a completion is one whose search text and filter words
+    PostgreSQL's index ``ix_completions_created_seq_search_text`` keeps (``short``), or one too long
+    for it (not ``short``: the index ``ix_completions_long_search_text`` holds those).
 
-    Written exactly as the index's predicate (the number a literal, not a parameter), so
-    that the planner proves the index holds every row the short condition selects and
-    counts them from the index alone; the long ones are read from their rows.
+    Written exactly as the indexes' predicates (the numbers literals, not parameters), so
+    that the planner proves an index holds every row the condition selects and counts them
+    from the index alone; the long ones are read from their rows.
     """
-    length = func.octet_length(Completion.search_text, type_=Integer)
-    limit = literal_column(str(SHORT_TEXT_BYTES), Integer)
-    return length <= limit if short else length > limit
+    text_bytes = func.octet_length(Completion.search_text, type_=Integer)
+    metadata_bytes = func.octet_length(func.coalesce(cast(Completion.metadata_map, Text), literal_column("''")), type_=Integer)
+    text_limit = literal_column(str(SHORT_TEXT_BYTES), Integer)
+    metadata_limit = literal_column(str(SHORT_METADATA_BYTES), Integer)
+    if short:
+        return and_(text_bytes <= text_limit, metadata_bytes <= metadata_limit)
+    return or_(text_bytes > text_limit, metadata_bytes > metadata_limit)
 
 
 def exact_match(session: Session, term: str) -> Any:
