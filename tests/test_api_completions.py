@@ -347,17 +347,20 @@ def test_counts_stop_at_the_cap(app, searchable: list) -> None:
 def test_a_term_beside_a_pair_is_counted_exactly_in_short_and_long_texts(
     client: FlaskClient, auth: dict, app, cap: int | None, walk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL may count the texts an index keeps (up to 2,000 bytes, migration 0011) first, and
-    the longer ones only while below the cap (``walk``: whatever the planner expects): together
-    exact up to the cap, deleted ones left out, as every other way of counting."""
+    """PostgreSQL may count the texts an index keeps (up to 1,800 bytes with metadata up to 400,
+    migration 0012) first, and the others only while below the cap (``walk``: whatever the
+    planner expects): together exact up to the cap, deleted ones left out, as every other way
+    of counting, beside a pair, a model or dates alike."""
     if walk:
         monkeypatch.setattr(completions, "SHORT_TEXT_MARGIN", 0)
     long = "x" * 2500
     seed(
         completion_body("c-short-1", content="refund please", metadata={"team": "a"}),
         completion_body("c-short-b", content="a refund", metadata={"team": "b"}),
-        # 700 Chinese characters are 2,100 bytes (not characters) over the index's 2,000.
+        # 700 Chinese characters are 2,100 bytes (not characters) over the index's 1,800.
         completion_body("c-long-zh", content="退款" * 350 + " refund", metadata={"team": "a"}),
+        # A short text, but metadata over the index's 400 bytes of JSON: counted with the long ones.
+        completion_body("c-big-meta", content="refund", metadata={"team": "a", "note": "n" * 450}),
         completion_body("c-short-2", content="Refunds", metadata={"team": "a", "shard": "s"}),
         completion_body("c-long-1", content=f"REFUND {long}", metadata={"team": "a"}),
         completion_body("c-long-b", content=f"refund {long}", metadata={"team": "b"}),
@@ -366,14 +369,18 @@ def test_a_term_beside_a_pair_is_counted_exactly_in_short_and_long_texts(
     )
     assert client.delete(f"{URL}/c-long-gone", headers=auth).status_code == 200
 
-    def count(terms: str) -> int:
-        return store.count_completions(db.session, filter=validation.clean_filters(search=terms, metadata=[("team", "a")]), cap=cap)
+    def count(terms: str, **narrower: object) -> int:
+        selection = validation.clean_filters(search=terms, metadata=[("team", "a")], **narrower)  # type: ignore[arg-type]
+        return store.count_completions(db.session, filter=selection, cap=cap)
 
     capped = lambda n: n if cap is None else min(n, cap + 1)  # noqa: E731
-    assert count("refund") == capped(4)
+    assert count("refund") == capped(5)
     assert count("退款 refund") == capped(1)
     assert count("refund xxx") == capped(1)
     assert count("refunds") == capped(1)
+    model = completion_body("c-short-1", content="-")["model"]
+    assert count("refund", model=model, created_after="1") == capped(5)
+    assert count("refund", model=model + "-other") == count("refund", created_before="1") == 0
 
 
 def test_the_metadata_pair_counts_follow_every_write(client: FlaskClient, auth: dict, seeded: list) -> None:
