@@ -140,6 +140,11 @@ def test_postgresql_keeps_filter_words_and_intersects_them_with_the_terms_in_one
             db.session.commit()
             assert len(words("cmpl-big")) == 17
             assert found("gpt-x", dict([next(iter(big.items()))])) == 1
+            # So is a model name of 255 characters of three bytes each beside it, and a text of 1,800 bytes.
+            wide = {**body, "id": "cmpl-wide", "model": "模" * 255, "choices": [{**reply, "message": {"role": "assistant", "content": "order " + "x" * 1794}}]}
+            store.save_completion(db.session, body=wide, messages=[], metadata=dict(list(big.items())[:1]), actor="t")
+            db.session.commit()
+            assert found("模" * 255, dict(list(big.items())[:1])) == 1
             db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
             db.session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
             walk = sa.select(Completion.seq).where(
@@ -262,6 +267,6 @@ def test_postgresql_keeps_short_search_texts_beside_their_seq_for_counts(tmp_pat
             db.engine.dispose()
     assert "Index Only Scan using ix_completions_created_seq_search_text" in short_plan and short_count == 1
     assert "ix_completions_long_search_text" in long_plan and long_count == 1
-    assert {"completions_search_text_bytes", "completion_metadata_key_value", "completions_metadata_bytes"} <= statistics
+    assert {"completions_search_text_bytes", "completion_metadata_key_value", "completions_filter_bytes"} <= statistics
     assert not {"ix_completions_seq_search_text", "ix_completions_created_seq_search_text", "ix_completions_long_search_text"} & names
     assert not after

@@ -29,10 +29,10 @@ range of it, and keeping the words too, so that a capped count of a common term 
 common pair, which walks that index in order, tests the pair on the index entry before the
 text: no merge with the metadata index, and the substring test only where the pair is held
 ("order" beside team=team-2 at a million rows: 53 ms, 36 ms; "order" within one day: 100 ms,
-when every candidate's row was read for its date). An index entry holds about 2,700 bytes at most, so the index now keeps the
-completions whose text takes at most 1,800 bytes and whose metadata at most 400 as JSON (the
-words take no more, the model's at most 256); its partner ``ix_completions_long_search_text``
-keeps the others. ``store.search.short_text`` writes both predicates exactly.
+when every candidate's row was read for its date). An index entry holds about 2,700 bytes at
+most, so the index now keeps the completions whose text takes at most 1,800 bytes and whose
+metadata (as JSON) and model together at most 600 (their words take no more than those); its
+partner ``ix_completions_long_search_text`` keeps the others. ``store.search.short_text`` writes both predicates exactly.
 
 Adding a stored generated column rewrites ``completions`` (about a minute at a million
 rows on a 2-core machine, during which the table is locked), and the index takes another.
@@ -64,26 +64,26 @@ DROP_COLUMN = [f"ALTER TABLE completions DROP COLUMN {COLUMN}", f"DROP FUNCTION 
 CREATE = f"CREATE INDEX {INDEX} ON completions USING gin (search_text gin_trgm_ops, string_to_array(search_grams, ' '), {COLUMN})"
 DROP = f"DROP INDEX IF EXISTS {INDEX}"
 # 0011's two indexes of search texts, remade: the short ones keep the words beside the text, and
-# the metadata's size joins the predicates (as store.search.short_text writes them).
+# the size of the metadata and the model joins the predicates (as store.search.short_text writes them).
 SHORT = "ix_completions_created_seq_search_text"
 SHORT_0011 = "ix_completions_seq_search_text"
 LONG = "ix_completions_long_search_text"
-METADATA_SIZE = "octet_length(coalesce(metadata::text, ''))"
-FITS = f"octet_length(search_text) <= 1800 AND {METADATA_SIZE} <= 400"
-TOO_LONG = f"octet_length(search_text) > 1800 OR {METADATA_SIZE} > 400"
-METADATA_BYTES = "completions_metadata_bytes"
+FILTER_SIZE = "(octet_length(coalesce(metadata::text, '')) + octet_length(model))"
+FITS = f"octet_length(search_text) <= 1800 AND {FILTER_SIZE} <= 600"
+TOO_LONG = f"octet_length(search_text) > 1800 OR {FILTER_SIZE} > 600"
+FILTER_BYTES = "completions_filter_bytes"
 CREATE_SHORTS = [
     f"CREATE INDEX {SHORT} ON completions (created, seq) INCLUDE (search_text, {COLUMN}) WHERE deleted IS false AND {FITS}",
     f"CREATE INDEX {LONG} ON completions (seq) WHERE deleted IS false AND ({TOO_LONG})",
-    # How many completions' metadata fits (without it the planner guesses a third: see 0011).
-    f"CREATE STATISTICS {METADATA_BYTES} ON ({METADATA_SIZE}) FROM completions",
+    # How many completions' metadata and model fit (without it the planner guesses a third: see 0011).
+    f"CREATE STATISTICS {FILTER_BYTES} ON {FILTER_SIZE} FROM completions",
 ]
 CREATE_SHORTS_0011 = [
     f"CREATE INDEX {SHORT_0011} ON completions (seq) INCLUDE (search_text) WHERE deleted IS false AND octet_length(search_text) <= 2000",
     f"CREATE INDEX {LONG} ON completions (seq) WHERE deleted IS false AND octet_length(search_text) > 2000",
 ]
 DROP_SHORTS = [
-    f"DROP STATISTICS IF EXISTS {METADATA_BYTES}", f"DROP INDEX IF EXISTS {SHORT}", f"DROP INDEX IF EXISTS {SHORT_0011}", f"DROP INDEX IF EXISTS {LONG}"
+    f"DROP STATISTICS IF EXISTS {FILTER_BYTES}", f"DROP INDEX IF EXISTS {SHORT}", f"DROP INDEX IF EXISTS {SHORT_0011}", f"DROP INDEX IF EXISTS {LONG}"
 ]
 # 0010's index, which this one replaces (a condition on its two columns is served as well here).
 CREATE_0010 = "CREATE INDEX ix_completions_search_text_grams ON completions USING gin (search_text gin_trgm_ops, string_to_array(search_grams, ' '))"
@@ -96,7 +96,7 @@ def index_statements(dialect: str, *, up: bool) -> list[str]:
     """Return the SQL that builds (or drops) what this migration adds; bench/ seeds reuse it."""
     if dialect == "sqlite":
         return []
-    return [CREATE, DROP_0010, *DROP_SHORTS, *CREATE_SHORTS] if up else [DROP, f"DROP STATISTICS IF EXISTS {METADATA_BYTES}"]
+    return [CREATE, DROP_0010, *DROP_SHORTS, *CREATE_SHORTS] if up else [DROP, f"DROP STATISTICS IF EXISTS {FILTER_BYTES}"]
 
 
 def _postgresql(statements: list[str]) -> None:

@@ -370,11 +370,10 @@ def _count_short_texts_first(session: Session, filter: Filter, *, cap: int) -> i
     then, while below the cap, the others.
 
     The short ones are decided by their filter words and the exact test alone, read from that
-    narrow index (an index-only scan in its order, within the dates): no wide completion row is read, and a text
-    is tested only where the model and the pairs are held. The long ones are counted as any
-    search is. Two
-    statements, not one UNION ALL: each is planned for its own LIMIT (under one LIMIT the
-    planner hashed every match instead).
+    narrow index (an index-only scan in its order, within the dates): no wide completion row is
+    read, and a text is tested only where the model and the pairs are held. The long ones are
+    counted as any search is. Two statements, not one UNION ALL: each is planned for its own
+    LIMIT (under one LIMIT the planner hashed every match instead).
     """
     # One process: a parallel plan hashes every match of one side before it counts the first.
     session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))

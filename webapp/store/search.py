@@ -291,8 +291,8 @@ def filter_words(session: Session, *, model: str | None, metadata: Mapping[str, 
     The words are PostgreSQL's generated column ``filter_words``, the third column of the
     index that holds the trigrams and the gram words (migration 0012), so that the terms and
     the filters are intersected inside one scan. Each word decides its filter exactly
-    (written as the migration's function writes it, so that none reads as another); the
-    callers keep their own checks all the same: the condition is for the planner to use or not.
+    (written as the migration's function writes it, so that none reads as another), so the
+    callers need no other check of the model and the pairs.
     """
     if session.get_bind().dialect.name == "sqlite" or (model is None and not metadata):
         return []
@@ -325,12 +325,12 @@ def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
     return _fts_select(_fts_text, [*_text_phrases(plan.trigram_terms), *_gram_phrases(plan.grams, _fts_text)]).where(*checks)
 
 
-# What PostgreSQL's index ``ix_completions_created_seq_search_text`` keeps beside a (created, seq) (migration 0012:
-# the search text and the filter words) must fit a B-tree entry, about 2,700 bytes at most: a
-# text of up to 1,800 bytes, and metadata of up to 400 bytes as JSON (its words take no more,
-# the model's at most 256).
+# What PostgreSQL's index ``ix_completions_created_seq_search_text`` keeps of a completion (migration
+# 0012: its search text and its filter words) must fit a B-tree entry, about 2,700 bytes at most:
+# it keeps those whose text takes at most 1,800 bytes, and whose metadata (as JSON) and model
+# together at most 600 (the words take no more than that JSON and the model).
 SHORT_TEXT_BYTES = 1800
-SHORT_METADATA_BYTES = 400
+SHORT_FILTER_BYTES = 600
 
 
 def short_text(*, short: bool) -> Any:
@@ -345,10 +345,11 @@ def short_text(*, short: bool) -> Any:
     text_bytes = func.octet_length(Completion.search_text, type_=Integer)
     metadata_bytes = func.octet_length(func.coalesce(cast(Completion.metadata_map, Text), literal_column("''")), type_=Integer)
     text_limit = literal_column(str(SHORT_TEXT_BYTES), Integer)
-    metadata_limit = literal_column(str(SHORT_METADATA_BYTES), Integer)
+    filter_bytes = metadata_bytes + func.octet_length(Completion.model, type_=Integer)
+    filter_limit = literal_column(str(SHORT_FILTER_BYTES), Integer)
     if short:
-        return and_(text_bytes <= text_limit, metadata_bytes <= metadata_limit)
-    return or_(text_bytes > text_limit, metadata_bytes > metadata_limit)
+        return and_(text_bytes <= text_limit, filter_bytes <= filter_limit)
+    return or_(text_bytes > text_limit, filter_bytes > filter_limit)
 
 
 def exact_match(session: Session, term: str) -> Any:
