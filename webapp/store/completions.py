@@ -354,14 +354,9 @@ def _stops_along_short_texts(session: Session, filter: Filter, *, driver: _Drive
         return False
     if not replace(filter, search=()).narrowed:
         return False
-    known = [*search.index_conditions(session, filter.search), *(_metadata_check(key, value) for key, value in filter.metadata.items())]
-    if filter.model is not None:
-        known.append(Completion.model == filter.model)
-    if filter.created_after is not None:
-        known.append(Completion.created >= filter.created_after)
-    if filter.created_before is not None:
-        known.append(Completion.created < filter.created_before)
-    return _expected_rows(session, [Completion.deleted.is_(False), *known]) > SHORT_TEXT_MARGIN * cap
+    # The rest of the filter as every list writes it (without terms: no filter words, the pairs checked).
+    known = [*search.index_conditions(session, filter.search), *_conditions(session, replace(filter, search=()), driver=None)]
+    return _expected_rows(session, known) > SHORT_TEXT_MARGIN * cap
 
 
 def _count_short_texts_first(session: Session, filter: Filter, *, cap: int) -> int:
