@@ -122,7 +122,7 @@ def _migration(name: str) -> ModuleType:
 
 def _migrations() -> list[ModuleType]:
     """The migrations whose derived data (search indexes, metadata pair counts) a bulk load drops and rebuilds."""
-    return [_migration(name) for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index", "short_search_text_beside_seq", "search_index_filter_words")]
+    return [_migration(name) for name in ("search_index", "metadata_pair_counts", "search_terms_in_one_index", "short_search_text_beside_seq", "search_index_filter_words", "cheaper_create_writes")]
 
 
 def derived_data(dialect: str, *, up: bool) -> list[str]:

@@ -71,8 +71,9 @@ def derived_data(backend: str) -> dict[str, Any]:
     state = {"rollup": store.read_rollup(db.session), "pairs": sorted(map(tuple, pairs)), "found": found}
     if backend == "sqlite":
         ids = dict(db.session.execute(select(Completion.seq, Completion.id)).all())
-        indexed = db.session.execute(sa.text("SELECT rowid, search_text FROM completions_search")).all()
-        state["indexed"] = sorted((ids[seq], text) for seq, text in indexed)
+        # The trigram table keeps no texts (migration 0013): which completions it holds, and the searches above.
+        indexed = db.session.scalars(sa.text("SELECT rowid FROM completions_search")).all()
+        state["indexed"] = sorted(ids[seq] for seq in indexed)
     return state
 
 

@@ -202,7 +202,7 @@ def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_
             before = db.session.execute(sa.text(triggers)).all()
             db.session.execute(sa.text(insert), {"seq": 1, "id": "old", "text": "order 发票", "grams": "发 发票 票"})
             db.session.commit()
-            upgrade()
+            upgrade(revision="0010")
             db.session.execute(sa.text(insert), {"seq": 2, "id": "new", "text": "开发票", "grams": "发 发票 开 开发 票"})
             db.session.execute(sa.text("UPDATE completions SET search_text = 'no order', search_grams = '' WHERE seq = 1"))
             db.session.commit()
@@ -217,6 +217,114 @@ def test_sqlite_trigram_table_holds_the_gram_words_and_the_downgrade_gives_back_
     assert rows == [(1, "no order", "  "), (2, "开发票", " 发 发票 开 开发 票 ")]
     assert found == [2]
     assert after == before and columns == ["search_text"]
+
+
+def test_cheaper_create_writes_keep_every_search_and_count_with_fewer_structures(backend: str, tmp_path: Path) -> None:
+    """Migration 0013. SQLite: the trigram table keeps no texts and forgets one by FTS5's delete
+    command; the gram table holds a document only for a text with gram words; every later write
+    (insert, update either way, delete) keeps both right: searches find exactly what they
+    should and FTS5's integrity checks pass. ``completion_metadata`` has no rowids, and its
+    pair counts stay and go on counting. Both: the history's batch index holds bulk changes only,
+    and an undo's lookup (``batch_id = ?``) still uses it. Going down gives back 0010's triggers
+    to the letter, the tables as they were and the full index."""
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ('completions', 'completion_metadata') ORDER BY name"
+    insert = (
+        "INSERT INTO completions (seq, id, created, model, deleted, version, updated_at, search_text, search_grams) "
+        "VALUES (:seq, :id, 1, 'm', false, 1, CURRENT_TIMESTAMP, :text, :grams)"
+    )
+    pair = "INSERT INTO completion_metadata (completion_seq, key, value) VALUES (:seq, :key, :value)"
+    change = (
+        "INSERT INTO metadata_changes (completion_id, changed_at, actor, before, after, batch_id) "
+        "VALUES ('c', CURRENT_TIMESTAMP, 'a', '{}', '{}', NULL)"
+    )
+    counts = "SELECT key_a, value_a, key_b, value_b, count FROM metadata_pair_counts WHERE count > 0 ORDER BY 1, 2, 3, 4"
+    batch_lookup = "SELECT id FROM metadata_changes WHERE batch_id = 7 AND id > 0 ORDER BY batch_id, id"
+    sqlite = backend == "sqlite"
+
+    def index_sql() -> str:
+        if sqlite:
+            return db.session.scalar(sa.text("SELECT sql FROM sqlite_master WHERE name = 'ix_metadata_changes_batch'"))
+        return db.session.scalar(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_metadata_changes_batch'"))
+
+    def found(table: str, phrase: str) -> list[int]:
+        query = f"SELECT rowid FROM {table} WHERE {table} MATCH :phrase ORDER BY rowid"
+        return list(db.session.scalars(sa.text(query), {"phrase": f'"{phrase}"'}))
+
+    def check_integrity() -> None:
+        for table in ("completions_search", "completions_grams"):
+            db.session.execute(sa.text(f"INSERT INTO {table}({table}) VALUES ('integrity-check')"))
+
+    with scratch_database(backend, tmp_path) as url:
+        migrate_database(url, "0012")
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            before = db.session.execute(sa.text(triggers)).all() if sqlite else []
+            db.session.execute(sa.text(insert), {"seq": 1, "id": "cjk", "text": "退款 order", "grams": "退 退款 款"})
+            db.session.execute(sa.text(insert), {"seq": 2, "id": "plain", "text": "order only", "grams": ""})
+            for seq in (1, 2):
+                db.session.execute(sa.text(pair), {"seq": seq, "key": "team", "value": "red"})
+                db.session.execute(sa.text(pair), {"seq": seq, "key": "lang", "value": "en"})
+            db.session.execute(sa.text(change))
+            db.session.commit()
+            counted_before = db.session.execute(sa.text(counts)).all()
+            db.session.rollback()
+            upgrade()
+            partial = index_sql()
+            counted_after = db.session.execute(sa.text(counts)).all()
+            db.session.execute(sa.text(pair), {"seq": 2, "key": "tier", "value": "gold"})
+            db.session.execute(sa.text("DELETE FROM completion_metadata WHERE completion_seq = 1 AND key = 'lang'"))
+            db.session.commit()
+            counted_later = db.session.execute(sa.text(counts)).all()
+            if sqlite:
+                made = db.session.execute(sa.text(triggers)).all()
+                tables = {name: sql for name, sql in db.session.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))}
+                refilled = {"退款": found("completions_grams", "退款"), "order": found("completions_search", "order")}
+                db.session.execute(sa.text(insert), {"seq": 3, "id": "new-cjk", "text": "开发票 order", "grams": "发 发票 开 开发 票"})
+                db.session.execute(sa.text(insert), {"seq": 4, "id": "new-plain", "text": "no grams here", "grams": ""})
+                db.session.execute(sa.text("UPDATE completions SET search_text = 'no refund', search_grams = '' WHERE seq = 1"))
+                db.session.execute(sa.text("UPDATE completions SET search_text = '发票', search_grams = '发 发票 票' WHERE seq = 2"))
+                db.session.execute(sa.text("DELETE FROM completions WHERE seq IN (3, 4)"))
+                db.session.commit()
+                kept = {
+                    "退款": found("completions_grams", "退款"), "发票": found("completions_grams", "发票"),
+                    "order": found("completions_search", "order"), "refund": found("completions_search", "refund"),
+                    "grams": found("completions_search", " 发票 "), "rows": list(db.session.scalars(sa.text("SELECT rowid FROM completions_search"))),
+                }
+                check_integrity()
+                plan = " ".join(row[-1] for row in db.session.execute(sa.text(f"EXPLAIN QUERY PLAN {batch_lookup}")))
+            db.session.rollback()  # no snapshot of before the downgrade
+            downgrade(revision="0012")
+            full = index_sql()
+            counted_down = db.session.execute(sa.text(counts)).all()
+            if sqlite:
+                after = db.session.execute(sa.text(triggers)).all()
+                back = {"发票": found("completions_grams", "发票"), "refund": found("completions_search", "refund")}
+                texts = list(db.session.scalars(sa.text("SELECT search_text FROM completions_search ORDER BY rowid")))
+                metadata_sql = db.session.scalar(sa.text("SELECT sql FROM sqlite_master WHERE name = 'completion_metadata'"))
+                check_integrity()
+            db.session.rollback()
+            db.engine.dispose()
+    assert counted_before == [("lang", "en", "team", "red", 2)]
+    assert counted_after == counted_before
+    assert counted_later == [("lang", "en", "team", "red", 1), ("lang", "en", "tier", "gold", 1), ("team", "red", "tier", "gold", 1)]
+    assert counted_down == counted_later
+    assert "WHERE" in partial and "batch_id IS NOT NULL" in partial.replace("(", "").replace(")", "")
+    assert "WHERE" not in full
+    if sqlite:
+        searches = {name: sql for name, sql in made if name.startswith("completions_search")}
+        assert len(searches) == 3 and all("search_grams <> ''" in sql for sql in searches.values())
+        assert "'delete'" in searches["completions_search_delete"] and "DELETE FROM completions_search" not in " ".join(searches.values())
+        assert "completions_search_content" not in tables and "completions_grams_docsize" not in tables
+        assert "WITHOUT ROWID" in tables["completion_metadata"]
+        assert refilled == {"退款": [1], "order": [1, 2]}
+        assert kept == {"退款": [], "发票": [2], "order": [], "refund": [1], "grams": [2], "rows": [1, 2]}
+        assert "ix_metadata_changes_batch" in plan
+        assert after == before and back == {"发票": [2], "refund": [1]} and texts == ["no refund", "发票"]
+        assert "WITHOUT ROWID" not in metadata_sql
 
 
 def test_postgresql_keeps_short_search_texts_beside_their_seq_for_counts(tmp_path: Path) -> None:

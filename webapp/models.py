@@ -94,7 +94,8 @@ class CompletionMetadata(db.Model):
     """One metadata pair of a live completion, kept beside the JSON copy for the filter."""
 
     __tablename__ = "completion_metadata"
-    __table_args__ = (Index("ix_completion_metadata_key_value", "key", "value", "completion_seq"),)
+    # On SQLite a table keyed by its primary key alone (migration 0013): one B-tree less to write.
+    __table_args__ = (Index("ix_completion_metadata_key_value", "key", "value", "completion_seq"), {"sqlite_with_rowid": False})
 
     completion_seq: Mapped[int] = mapped_column(
         BigId, ForeignKey("completions.seq", ondelete="CASCADE"), primary_key=True
@@ -157,7 +158,11 @@ class MetadataChange(db.Model):
     __tablename__ = "metadata_changes"
     __table_args__ = (
         Index("ix_metadata_changes_completion", "completion_id", "id"),
-        Index("ix_metadata_changes_batch", "batch_id", "id"),
+        # Only a bulk change sets batch_id, and only its undo looks one up (migration 0013).
+        Index(
+            "ix_metadata_changes_batch", "batch_id", "id",
+            sqlite_where=text("batch_id IS NOT NULL"), postgresql_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -177,7 +177,7 @@ def _given_statements() -> tuple[Any, Any]:
 
 
 def _index_for_search(connection: Connection, seqs: list[int]) -> None:
-    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger (migrations 0004, 0010) does:
+    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger (migrations 0004, 0010, 0013) does:
     the text table takes the CJK gram words too, each between spaces, so a term and a gram word
     meet in one query."""
     batch = "FROM completions WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL"
@@ -186,7 +186,10 @@ def _index_for_search(connection: Connection, seqs: list[int]) -> None:
         f"INSERT INTO {FTS_TEXT}(rowid, search_text, search_grams) SELECT seq, search_text, ' ' || search_grams || ' ' {batch}",
         listed_seqs,
     )
-    connection.exec_driver_sql(f"INSERT INTO {FTS_GRAMS}(rowid, search_grams) SELECT seq, search_grams {batch}", listed_seqs)
+    # Only a text with gram words has a document in the gram table (migration 0013).
+    connection.exec_driver_sql(
+        f"INSERT INTO {FTS_GRAMS}(rowid, search_grams) SELECT seq, search_grams {batch} AND search_grams <> ''", listed_seqs
+    )
 
 
 def _upsert(dialect: str) -> Any:

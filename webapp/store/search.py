@@ -32,13 +32,13 @@ from typing import Any
 from sqlalchemy import Column, Integer, and_, cast, MetaData, String, Table, Text, bindparam, func, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ..models import Completion
 from ..validation import fold
 
-# The SQLite FTS5 tables (external content on ``completions``) and the PostgreSQL indexes
-# the migration creates; models.py does not describe them (see ``models.SEARCH_INDEX_NAMES``).
+# The SQLite FTS5 tables (the trigram one contentless, the gram one external content on
+# ``completions``: migration 0013) and the PostgreSQL indexes the migrations create; models.py does not describe them (see ``models.SEARCH_INDEX_NAMES``).
 # The trigram table holds the gram words too (migration 0010): it is more than a trigram index now.
 FTS_TEXT = "completions_search"
 FTS_GRAMS = "completions_grams"
@@ -194,9 +194,9 @@ def _like_pattern(term: str) -> str:
     return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-# The SQLite FTS5 tables as tables: a rowid is the completion's seq. The trigram table keeps its
-# own copy of the text, and the gram words between spaces (" 发 发票 票 ", migration 0010).
-_fts_text = Table(FTS_TEXT, MetaData(), Column("rowid", Integer), Column("search_text", Text), Column("search_grams", Text))
+# The SQLite FTS5 tables as tables: a rowid is the completion's seq. The trigram table holds the
+# gram words between spaces (" 发 发票 票 ", migration 0010), and no copy of the texts (0013).
+_fts_text = Table(FTS_TEXT, MetaData(), Column("rowid", Integer))
 _fts_grams = Table(FTS_GRAMS, MetaData(), Column("rowid", Integer))
 
 
@@ -302,27 +302,34 @@ def filter_words(session: Session, *, model: str | None, metadata: Mapping[str, 
 
 def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
     """Return a SELECT of the ``seq`` of every live completion holding all ``terms``, decided by the
-    SQLite indexes without reading a completion; None on PostgreSQL or when no term is indexable.
+    SQLite indexes (and, for a term no index decides, the completion's text); None on PostgreSQL
+    or when no term is indexable.
 
     The trigram table keeps positions (``detail=full``), so a term of three or more
     characters is a phrase of its trigrams: FTS5 matches it exactly where it occurs as a
     substring. A one- or two-character CJK term is itself a gram word: of the gram table,
-    and, between spaces, of the trigram table's gram column. Any other term is tested with
-    ``instr`` on the trigram table's own copy of the text.
+    and, between spaces, of the trigram table's gram column. Any other term (one or two
+    letters, not all CJK) is tested with ``instr`` on the completion's ``search_text``: the
+    trigram table keeps no copy of the texts (migration 0013), so only those searches read the
+    completions the indexes found.
     """
     plan = narrowing(terms)
     if session.get_bind().dialect.name != "sqlite" or not plan.indexed:
         return None
-    checks = [func.instr(_fts_text.c.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in plan.undecided]
     if not plan.trigram_terms:
-        grams = _fts_select(_fts_grams, _gram_phrases(plan.grams, _fts_grams))
-        if not checks:
-            return grams
-        return select(_fts_text.c.rowid.label("seq")).where(_fts_text.c.rowid.in_(grams), *checks)
-    # Every term in one MATCH of the trigram table, its gram words included: FTS5 intersects the
-    # posting lists as it reads them, skipping through the longer ones ("order 发票" at a million
-    # rows: 88 ms when the gram table's matches were looked up for each trigram match, 22 ms).
-    return _fts_select(_fts_text, [*_text_phrases(plan.trigram_terms), *_gram_phrases(plan.grams, _fts_text)]).where(*checks)
+        matches = _fts_select(_fts_grams, _gram_phrases(plan.grams, _fts_grams))
+    else:
+        # Every term in one MATCH of the trigram table, its gram words included: FTS5 intersects the
+        # posting lists as it reads them, skipping through the longer ones ("order 发票" at a million
+        # rows: 88 ms when the gram table's matches were looked up for each trigram match, 22 ms).
+        matches = _fts_select(_fts_text, [*_text_phrases(plan.trigram_terms), *_gram_phrases(plan.grams, _fts_text)])
+    if not plan.undecided:
+        return matches
+    # An alias: the callers' own conditions on ``completions`` stay theirs (no correlation with this one).
+    texts = aliased(Completion)
+    seq = matches.selected_columns[0]
+    checks = [func.instr(texts.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in plan.undecided]
+    return matches.join(texts, texts.seq == seq).where(*checks)
 
 
 # What PostgreSQL's index ``ix_completions_created_seq_search_text`` keeps of a completion (migration
