@@ -175,8 +175,7 @@ def _sqlite(*, up: bool) -> None:
         op.execute(statement)
     pair_counts = [sql for _name, sql in trigger_sql("tbl_name = :table", table="completion_metadata")]
     # The planner's statistics of the table go with it: counted again when it had some (ANALYZE
-    # was run), or a search beside a pair is planned from the pair's side (74 s against 50 ms for
-    # a capped count at a million rows). A store never analyzed stays so.
+    # was run), so that every plan over it stays as it was. A store never analyzed stays so.
     analyzed = connection.execute(
         sa.text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
     ).scalar_one() and connection.execute(sa.text("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'completion_metadata'")).scalar_one()

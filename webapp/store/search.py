@@ -40,7 +40,8 @@ from ..models import Completion
 from ..validation import fold
 
 # The SQLite FTS5 tables (the trigram one contentless, the gram one external content on
-# ``completions``: migration 0013) and the PostgreSQL indexes the migrations create; models.py does not describe them (see ``models.SEARCH_INDEX_NAMES``).
+# ``completions``: migration 0013) and the PostgreSQL indexes the migrations create; models.py
+# does not describe them (see ``models.SEARCH_INDEX_NAMES``).
 # The trigram table holds the gram words too (migration 0010): it is more than a trigram index now.
 FTS_TEXT = "completions_search"
 FTS_GRAMS = "completions_grams"
