@@ -330,9 +330,8 @@ def indexed_matches(session: Session, terms: tuple[str, ...]) -> Any | None:
         return matches
     # An alias: the callers' own conditions on ``completions`` stay theirs (no correlation with this one).
     texts = aliased(Completion)
-    (found,) = matches.get_final_froms()
     checks = [func.instr(texts.search_text, bindparam(None, term, type_=String), type_=Integer) > 0 for term in plan.undecided]
-    return matches.select_from(driving_join(found, texts, texts.seq == matches.selected_columns[0])).where(*checks)
+    return join_driven(matches, texts, texts.seq == matches.selected_columns[0]).where(*checks)
 
 
 class _DrivingJoin(Join):
@@ -350,13 +349,15 @@ def _compile_driving_join(join: _DrivingJoin, compiler: Any, **kw: Any) -> str:
     )
 
 
-def driving_join(left: Any, right: Any, onclause: Any) -> Join:
-    """Return the inner join of ``left`` (the search matches) and ``right`` in which, on SQLite, the
-    left side is the outer loop whatever the statistics say: SQLite never reorders a ``CROSS
-    JOIN``. A store starts without statistics (nothing runs ANALYZE), and then a plain join of
-    the matches with a metadata pair was planned from the pair's side, running the search once
-    per completion holding the pair (74 s for a capped count at a million rows)."""
-    return _DrivingJoin(left, right, onclause)
+def join_driven(matches: Any, right: Any, onclause: Any) -> Any:
+    """Return the SELECT ``matches`` (search matches: one FROM) inner-joined with ``right`` on
+    ``onclause``, the matches the outer loop on SQLite whatever the statistics say: SQLite never
+    reorders a ``CROSS JOIN``. A store starts without statistics (nothing runs ANALYZE), and
+    then a plain join of the matches with a metadata pair was planned from the pair's side,
+    running the search once per completion holding the pair (74 s for a capped count at a
+    million rows)."""
+    (left,) = matches.get_final_froms()
+    return matches.select_from(_DrivingJoin(left, right, onclause))
 
 
 # What PostgreSQL's index ``ix_completions_created_seq_search_text`` keeps of a completion (migration
