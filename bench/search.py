@@ -6,7 +6,8 @@ Fills a scratch database per size (temporary SQLite files unless URLs are given;
 whose database already holds that many bench completions is reused) with multilingual
 conversations (bench/seed.py), then times what the admin list and the API do for a
 search, newest first: the first page of a rare term, a common term, a two-character
-Chinese word, a term with a metadata filter, a term within a day, a term matching nothing,
+Chinese word, a term with a metadata filter, a term within a day (any 24 hours, and a whole
+UTC day as the admin list's date inputs ask), a term matching nothing,
 and the capped match count the admin list shows beside such a page (also for two combined
 filters beyond the issue's shapes, which are slower). Prints median and p95
 per shape and per size, and the ratio of the largest size to the first.
@@ -38,6 +39,9 @@ def count(**filters: object):
 def shapes(repeat: int) -> list[Shape]:
     """The search shapes the issue names, and a few more."""
     day = str(FIRST_SECOND + 86_400)
+    # The admin list's date inputs ask for whole UTC days: the one holding ``day``.
+    utc_day = (FIRST_SECOND + 86_400) // 86_400 * 86_400
+    whole_day = {"created_after": str(utc_day), "created_before": str(utc_day + 86_400)}
     return [
         (f"rare term ({RARE_WORD}, 1/10,007)", first_page(search=RARE_WORD), repeat),
         (f"common term ({COMMON_WORD})", first_page(search=COMMON_WORD), repeat),
@@ -59,6 +63,9 @@ def shapes(repeat: int) -> list[Shape]:
         (f"capped count, Chinese word + metadata filter ({CJK_WORD}, team=team-2)", count(search=CJK_WORD, metadata=[("team", "team-2")]), repeat),
         (f"capped count, term + model + metadata filter ({COMMON_WORD}, model-2, team=team-2)", count(search=COMMON_WORD, model="model-2", metadata=[("team", "team-2")]), repeat),
         (f"capped count, term within one day ({COMMON_WORD})", count(search=COMMON_WORD, created_after=day, created_before=str(int(day) + 86_400)), repeat),
+        (f"term within one UTC day ({COMMON_WORD}, the admin list's dates)", first_page(search=COMMON_WORD, **whole_day), repeat),
+        (f"capped count, term within one UTC day ({COMMON_WORD})", count(search=COMMON_WORD, **whole_day), repeat),
+        (f"capped count, term + metadata filter within one UTC day ({COMMON_WORD}, team=team-2)", count(search=COMMON_WORD, metadata=[("team", "team-2")], **whole_day), repeat),
     ]
 
 

@@ -81,6 +81,7 @@ def assert_consistent(backend: str) -> None:
     """The rollup equals a recount, the pair counts a fresh count, the FTS5 tables their content; no deferral is left on."""
     db.session.rollback()
     assert store.read_rollup(db.session) == store.recount_rollup(db.session)
+    assert store.seqs_outside_bounds(db.session) == []
     fresh = db.session.execute(
         sa.text(
             "SELECT a.key, a.value, b.key, b.value, count(*) FROM completion_metadata a JOIN completion_metadata b "

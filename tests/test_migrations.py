@@ -382,3 +382,55 @@ def test_postgresql_keeps_short_search_texts_beside_their_seq_for_counts(tmp_pat
     assert {"completions_search_text_bytes", "completion_metadata_key_value", "completions_filter_bytes"} <= statistics
     assert not {"ix_completions_seq_search_text", "ix_completions_created_seq_search_text", "ix_completions_long_search_text"} & names
     assert not after
+
+
+def test_rollup_seq_bounds_are_filled_and_widened_and_the_downgrade_gives_back_the_triggers(backend: str, tmp_path: Path) -> None:
+    """Migration 0014. SQLite: each rollup bucket gets the least and greatest seq of the
+    completions it counts (the fill), and every later insert or change of time widens them; going
+    down gives back 0009's triggers to the letter and the table without the columns. PostgreSQL:
+    the columns are there, NULL (its counts do without them)."""
+    from flask_migrate import downgrade, upgrade
+
+    from webapp import create_app
+
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'completion_rollup%' ORDER BY name"
+    insert = (
+        "INSERT INTO completions (seq, id, created, model, deleted, version, updated_at, search_text, search_grams) "
+        "VALUES (:seq, :id, :created, 'm', false, 1, CURRENT_TIMESTAMP, 'x', '')"
+    )
+    bounds = "SELECT span, start, first_seq, last_seq FROM completion_rollup ORDER BY span, start"
+    hour, day = 3600, 86400
+    with scratch_database(backend, tmp_path) as url:
+        migrate_database(url, "0013")
+        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "test", "TESTING": True})
+        with app.app_context():
+            sqlite = backend == "sqlite"
+            before = db.session.execute(sa.text(triggers)).all() if sqlite else []
+            for seq, created in ((1, day), (2, day + 10), (3, day + hour), (4, 2 * day), (5, day + 20)):
+                db.session.execute(sa.text(insert), {"seq": seq, "id": f"c{seq}", "created": created})
+            db.session.commit()
+            upgrade(revision="0014")
+            filled = db.session.execute(sa.text(bounds)).all()
+            # Seq 6 is created in the first hour, and seq 3 moves to the day after.
+            db.session.execute(sa.text(insert), {"seq": 6, "id": "c6", "created": day + 30})
+            db.session.execute(sa.text("UPDATE completions SET created = :created WHERE seq = 3"), {"created": 2 * day + 5})
+            db.session.commit()
+            widened = db.session.execute(sa.text(bounds)).all()
+            from webapp import store
+
+            outside = store.seqs_outside_bounds(db.session)
+            db.session.rollback()
+            downgrade(revision="0013")
+            after = db.session.execute(sa.text(triggers)).all() if sqlite else []
+            columns = [c["name"] for c in sa.inspect(db.engine).get_columns("completion_rollup")]
+            db.session.rollback()
+            db.engine.dispose()
+    if sqlite:
+        assert filled == [(hour, day, 1, 5), (hour, day + hour, 3, 3), (hour, 2 * day, 4, 4), (day, day, 1, 5), (day, 2 * day, 4, 4)]
+        # Seq 3's old hour held only it and is gone; the others widen (and nothing narrows them).
+        assert widened == [(hour, day, 1, 6), (hour, 2 * day, 3, 4), (day, day, 1, 6), (day, 2 * day, 3, 4)]
+    else:
+        assert {(first, last) for *_, first, last in widened} == {(None, None)}
+    assert outside == []
+    assert after == before
+    assert "first_seq" not in columns and "last_seq" not in columns

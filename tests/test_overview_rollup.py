@@ -37,10 +37,12 @@ def record(completion_id: str, *, created: int, model: str = "gpt-a", usage: Any
 
 
 def assert_no_drift() -> dict[tuple[int, int, str], Usage]:
-    """Assert the rollup equals a recount from the rows; return it."""
+    """Assert the rollup equals a recount from the rows, and on SQLite that each bucket's seq
+    bounds hold every seq it counts; return it."""
     db.session.rollback()
     kept = store.read_rollup(db.session)
     assert kept == store.recount_rollup(db.session)
+    assert store.seqs_outside_bounds(db.session) == []
     return kept
 
 

@@ -274,3 +274,8 @@ class CompletionRollup(db.Model):
     completions: Mapped[int] = mapped_column(BigInteger)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Bounds of the seqs of the completions counted here (migration 0014), kept on SQLite only
+    # (NULL on PostgreSQL, and where unknown): the INSERT triggers widen them, nothing narrows
+    # them. A date range narrows a SQLite search to the seqs its buckets span (store.completions).
+    first_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

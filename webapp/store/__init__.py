@@ -73,7 +73,7 @@ from .keys import (
     revoke_api_key,
     touch_api_key,
 )
-from .overview import Usage, UsageSeries, read_rollup, recount_rollup, usage_series
+from .overview import Usage, UsageSeries, read_rollup, recount_rollup, seqs_outside_bounds, usage_series
 from .retention import count_purgeable, purge_batch, purge_deleted_history_batch
 from .shapes import build_completion_body, completion_object, etag, input_message, message_objects, version_etag
 from .sources import get_sync_source, save_sync_position, stored_messages
@@ -175,6 +175,7 @@ __all__ = [
     "reserve_completion_id",
     "read_rollup",
     "recount_rollup",
+    "seqs_outside_bounds",
     "revoke_api_key",
     "run_bulk_change",
     "save_completion",

@@ -1,4 +1,4 @@
-"""What the store's modules share: the page shape, the name-taken error, and small helpers."""
+"""What the store's modules share: the page shape, the name-taken error, time buckets, and small helpers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+# The rollup's buckets (``completion_rollup.span``): an hour and a day, in seconds.
+HOUR = 3600
+DAY = 86400
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,13 @@ def hash_secret(secret: str) -> str:
     Both are 256 random bits, so a fast hash is enough: nothing to brute-force.
     """
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def floor_to(value: int, span: int) -> int:
+    """Return the start of the ``span``-second bucket holding unix time ``value`` (UTC)."""
+    return value - value % span
+
+
+def ceil_to(value: int, span: int) -> int:
+    """Return the first bucket boundary at or after ``value``."""
+    return -floor_to(-value, span)

@@ -19,10 +19,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
-from ..models import Completion, CompletionMetadata, MetadataChange, MetadataPairCount, utcnow
+from ..models import Completion, CompletionMetadata, CompletionRollup, MetadataChange, MetadataPairCount, utcnow
 from ..validation import MAX_ID_LENGTH, Filter, Order, PageQuery, ValidationError, completion_id_fault
 from . import search
-from .base import Page, storable
+from .base import DAY, HOUR, Page, ceil_to, floor_to, storable
 from .driver import Writer
 from .shapes import etag, message_objects
 
@@ -297,6 +297,7 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
         session.execute(text(f"SET LOCAL work_mem = '{COUNT_WORK_MEM}'"))
     driver = _driver(session, filter)
     verified = search.indexed_matches(session, filter.search) if driver is None and filter.search else None
+    rest = replace(filter, search=(), metadata={})
     if verified is None:
         if cap is not None and _stops_along_short_texts(session, filter, driver=driver, cap=cap):
             return _count_short_texts_first(session, filter, cap=cap)
@@ -305,14 +306,87 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
         # The search indexes hold live completions only, as completion_metadata does: a pair is
         # joined on the seq alone, and only a model or a date needs the completion's own row.
         seq = verified.selected_columns[0]
+        seqs = _dated_seqs(session, filter)
+        if seqs is not None:
+            # FTS5 seeks to the range: no match outside the dates' seqs is read (nor its row).
+            verified = verified.where(seq >= seqs.first, seq <= seqs.last)
+            if seqs.only_dated:
+                rest = replace(rest, created_after=None, created_before=None)
         verified = _join_pairs(verified, seq, filter.metadata)
-        rest = replace(filter, search=(), metadata={})
         if rest.narrowed:
             verified = verified.where(exists(select(Completion.seq).where(Completion.seq == seq, *_conditions(session, rest, driver=None))))
         matches = verified
     if cap is not None:
         matches = matches.limit(cap + 1)
     return session.scalar(select(func.count()).select_from(matches.subquery())) or 0
+
+
+@dataclass(frozen=True)
+class _DatedSeqs:
+    """Bounds of the seqs of the live completions created within a filter's dates (from the rollup),
+    and whether every live completion within them was created within the dates (``only_dated``:
+    then the dates need no check of each row)."""
+
+    first: int
+    last: int
+    only_dated: bool
+
+
+def _buckets(after: int | None, before: int | None) -> Any:
+    """Return the rollup rows (of both spans) that together count the completions created in
+    [``after``, ``before``), each a whole hour (or None: unbounded), every completion once:
+    whole days by day, the hours at either end by hour."""
+    first_day = None if after is None else ceil_to(after, DAY)
+    last_day = None if before is None else floor_to(before, DAY)
+    if first_day is not None and last_day is not None and first_day > last_day:  # within one day
+        parts = [(HOUR, after, before)]
+    else:
+        parts = [(DAY, first_day, last_day), (HOUR, after, first_day), (HOUR, last_day, before)]
+    rollup = CompletionRollup
+    return or_(
+        *(
+            and_(rollup.span == span, *([rollup.start >= low] if low is not None else []), *([rollup.start < high] if high is not None else []))
+            for span, low, high in parts
+            if span == DAY or (low is not None and high is not None)
+        )
+    )
+
+
+def _dated_seqs(session: Session, filter: Filter) -> _DatedSeqs | None:
+    """Return where a SQLite search within ``filter``'s dates may find its matches, by seq: from the
+    rollup's bounds (migration 0014) of the buckets the dates touch; None without dates, on
+    PostgreSQL, or where a bucket's bounds are unknown.
+
+    The bounds hold every live completion of a bucket (the triggers widen them; nothing
+    narrows them). When the dates are whole hours and no bucket outside them reaches into
+    the bounds, only completions within the dates lie there, and the dates need no other check.
+    Three lookups of the rollup's primary key, whole days read by day.
+    """
+    after, before = filter.created_after, filter.created_before
+    if (after is None and before is None) or session.get_bind().dialect.name != "sqlite":
+        return None
+    rollup = CompletionRollup
+    low = None if after is None else floor_to(after, HOUR)
+    high = None if before is None else ceil_to(before, HOUR)
+    buckets, known, first, last = session.execute(
+        select(func.count(), func.count(rollup.first_seq), func.min(rollup.first_seq), func.max(rollup.last_seq)).where(_buckets(low, high))
+    ).one()
+    if buckets == 0:  # no live completion was created within the dates
+        return _DatedSeqs(first=1, last=0, only_dated=True)
+    if known < buckets:
+        return None
+    only_dated = low == after and high == before
+    if only_dated and after is not None:
+        unknown, reach = session.execute(
+            select(func.count() - func.count(rollup.last_seq), func.max(rollup.last_seq)).where(_buckets(None, after))
+        ).one()
+        only_dated = unknown == 0 and (reach is None or reach < first)
+    if only_dated and before is not None:
+        unknown, reach = session.execute(
+            select(func.count() - func.count(rollup.first_seq), func.min(rollup.first_seq)).where(_buckets(before, None))
+        ).one()
+        only_dated = unknown == 0 and (reach is None or reach > last)
+    return _DatedSeqs(first=first, last=last, only_dated=only_dated)
 
 
 def _join_pairs(matches: Any, seq: Any, metadata: Mapping[str, str]) -> Any:

@@ -197,11 +197,12 @@ def _upsert(dialect: str) -> Any:
 
 
 def _batch_usage(dialect: str) -> Any:
-    """Return the live rows among the ``seqs`` as (created, model, prompt_tokens, completion_tokens), by the triggers' rule."""
+    """Return the live rows among the ``seqs`` as (created, model, prompt_tokens, completion_tokens), by the
+    triggers' rule, and on SQLite their seq (its rollup keeps the bounds of its buckets' seqs: migration 0014)."""
     batch = (member_of(dialect, Completion.seq, name="seqs"), Completion.deleted.is_(False))
     if dialect != "postgresql":
         tokens = [usage_tokens(dialect, name).label(name) for name in ("prompt_tokens", "completion_tokens")]
-        return select(Completion.created, Completion.model, *tokens).where(*batch).subquery("batch_rows")
+        return select(Completion.created, Completion.model, *tokens, Completion.seq).where(*batch).subquery("batch_rows")
     # PostgreSQL reads a json value by parsing its text, for each operator. So the usage is
     # taken out of the body once per row (MATERIALIZED: not folded back into each use), and
     # only where the body holds no \u escape at all, which the parser may refuse (0007); such
@@ -224,8 +225,10 @@ def _batch_usage(dialect: str) -> Any:
 
 
 def _hours(rows: Any) -> Any:
-    """Return ``rows`` (created, model, prompt_tokens, completion_tokens) counted per hour and model, as :func:`_roll_up` takes them."""
+    """Return ``rows`` (created, model, prompt_tokens, completion_tokens, and on SQLite seq) counted per
+    hour and model, as :func:`_roll_up` takes them (on SQLite with the bounds of their seqs)."""
     hour = bucket_start(rows.c.created, HOUR).label("start")
+    bounds = [func.min(rows.c.seq).label("first_seq"), func.max(rows.c.seq).label("last_seq")] if "seq" in rows.c else []
     return (
         select(
             hour,
@@ -233,6 +236,7 @@ def _hours(rows: Any) -> Any:
             func.count().label("completions"),
             func.sum(rows.c.prompt_tokens).label("prompt_tokens"),
             func.sum(rows.c.completion_tokens).label("completion_tokens"),
+            *bounds,
         )
         .group_by(hour, rows.c.model)
         .cte("hours")
@@ -240,12 +244,19 @@ def _hours(rows: Any) -> Any:
 
 
 def _roll_up(dialect: str, hours: Any) -> Any:
-    """Return the statement adding ``hours`` (start, model, completions, prompt_tokens, completion_tokens:
-    hour buckets) and the day buckets they make to ``completion_rollup``, as the 0007 triggers count them."""
+    """Return the statement adding ``hours`` (start, model, completions, prompt_tokens, completion_tokens,
+    and on SQLite first_seq, last_seq: hour buckets) and the day buckets they make to
+    ``completion_rollup``, as the triggers (0007, 0014) count them."""
     # A day is whole hours: the day buckets are sums of the hour buckets.
     day = bucket_start(hours.c.start, DAY)
+    bounded = dialect == "sqlite"
+    hour_bounds = [hours.c.first_seq, hours.c.last_seq] if bounded else []
+    day_bounds = [func.min(hours.c.first_seq), func.max(hours.c.last_seq)] if bounded else []
     counted = union_all(
-        select(literal(HOUR, Integer).label("span"), hours.c.start, hours.c.model, hours.c.completions, hours.c.prompt_tokens, hours.c.completion_tokens),
+        select(
+            literal(HOUR, Integer).label("span"), hours.c.start, hours.c.model, hours.c.completions, hours.c.prompt_tokens,
+            hours.c.completion_tokens, *hour_bounds,
+        ),
         select(
             literal(DAY, Integer),
             day,
@@ -253,17 +264,26 @@ def _roll_up(dialect: str, hours: Any) -> Any:
             func.sum(hours.c.completions),
             func.sum(hours.c.prompt_tokens),
             func.sum(hours.c.completion_tokens),
+            *day_bounds,
         ).group_by(day, hours.c.model),
     ).subquery("counted")
     names = ["span", "start", "model", "completions", "prompt_tokens", "completion_tokens"]
     # WHERE true: SQLite reads an upsert's SELECT unambiguously only with a WHERE clause. In key
     # order: two batches written at once lock the rows they share in the same order (no deadlock).
     statement = _upsert(dialect)(CompletionRollup).from_select(
-        names, select(*counted.c).where(true()).order_by(counted.c.span, counted.c.start, counted.c.model)
+        names + (["first_seq", "last_seq"] if bounded else []),
+        select(*counted.c).where(true()).order_by(counted.c.span, counted.c.start, counted.c.model),
+    )
+    widened = (
+        # SQLite's two-argument min and max: as the triggers widen the bounds (NULL, unknown, stays NULL).
+        {"first_seq": func.min(CompletionRollup.first_seq, statement.excluded.first_seq),
+         "last_seq": func.max(CompletionRollup.last_seq, statement.excluded.last_seq)}
+        if bounded
+        else {}
     )
     return statement.on_conflict_do_update(
         index_elements=["span", "start", "model"],
-        set_={name: getattr(CompletionRollup, name) + getattr(statement.excluded, name) for name in names[3:]},
+        set_={**{name: getattr(CompletionRollup, name) + getattr(statement.excluded, name) for name in names[3:]}, **widened},
     )
 
 

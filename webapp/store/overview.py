@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session
 
 from ..models import Completion, CompletionRollup
 from ..validation import Filter
+from .base import DAY, HOUR, ceil_to, floor_to
 from .completions import _filtered
 
-HOUR = 3600
-DAY = 86400
 # A range of this much or less is counted per hour; a longer one per day.
 HOURLY_UP_TO = 2 * DAY
 # Token counts outside 0..MAX_TOKENS (or not whole numbers) count as 0, in the triggers too.
@@ -79,16 +78,6 @@ class UsageSeries:
         if self.start is None or self.end is None:
             return []
         return list(range(self.start, self.end, self.span))
-
-
-def floor_to(value: int, span: int) -> int:
-    """Return the start of the ``span``-second bucket holding unix time ``value`` (UTC)."""
-    return value - value % span
-
-
-def ceil_to(value: int, span: int) -> int:
-    """Return the first bucket boundary at or after ``value``."""
-    return -floor_to(-value, span)
 
 
 def bucket_start(column: Any, span: int) -> ColumnElement[int]:
@@ -264,3 +253,21 @@ def recount_rollup(session: Session) -> dict[tuple[int, int, str], Usage]:
         for bucket, model, completions, prompt_tokens, completion_tokens in session.execute(stmt):
             counted[(span, int(bucket), model)] = Usage(int(completions), int(prompt_tokens or 0), int(completion_tokens or 0))
     return counted
+
+
+def seqs_outside_bounds(session: Session) -> list[str]:
+    """Return the ids of live completions whose seq lies outside the bounds their hour or day
+    bucket keeps (or whose bucket's bounds are unknown): none, if the triggers and batch writers
+    keep them (SQLite, migration 0014; PostgreSQL keeps none). Slow: reads every row."""
+    if session.get_bind().dialect.name != "sqlite":
+        return []
+    rollup = CompletionRollup
+    outside = (
+        select(Completion.id)
+        .join(rollup, (rollup.model == Completion.model) & (rollup.start == bucket_start(Completion.created, rollup.span)))
+        .where(
+            Completion.deleted.is_(False),
+            rollup.first_seq.is_(None) | (Completion.seq < rollup.first_seq) | (Completion.seq > rollup.last_seq),
+        )
+    )
+    return sorted(set(session.scalars(outside)))
