@@ -422,15 +422,20 @@ def _stops_along_short_texts(session: Session, filter: Filter, *, driver: _Drive
     The GIN index finds a rare term's few candidates at once, but for a common one it must
     collect every candidate before the first is read ("order" beside team=team-2 at a million
     rows: about 101,000 of them, though 10,001 would do). The expectation uses the conditions
-    the planner has statistics for: the index's (pg_trgm's LIKE, the gram words), the model, the
-    dates and the metadata pairs (migration 0011's statistics).
+    the planner has statistics for: the index's (pg_trgm's LIKE, the gram words), the model and
+    the metadata pairs (migration 0011's statistics), but not the dates: they narrow the walk
+    (a range of its index) and not the GIN scan, which collects the candidates of all time
+    ("order" beside team=team-2 within one UTC day at a million rows: the GIN scan 113 ms,
+    the walk 45 ms).
     """
     if session.get_bind().dialect.name != "postgresql" or driver is not None or not filter.search:
         return False
     if not replace(filter, search=()).narrowed:
         return False
-    # The rest of the filter as every list writes it (without terms: no filter words, the pairs checked).
-    known = [*search.index_conditions(session, filter.search), *_conditions(session, replace(filter, search=()), driver=None)]
+    # The rest of the filter as every list writes it (without terms: no filter words, the pairs
+    # checked), and without dates.
+    rest = replace(filter, search=(), created_after=None, created_before=None)
+    known = [*search.index_conditions(session, filter.search), *_conditions(session, rest, driver=None)]
     return _expected_rows(session, known) > SHORT_TEXT_MARGIN * cap
 
 
