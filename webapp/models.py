@@ -262,7 +262,8 @@ class UserSession(db.Model):
 class CompletionRollup(db.Model):
     """Live completions and their tokens per hour (``span`` 3600) and per day (86400), per model.
 
-    Database triggers on ``completions`` keep it (migration 0007): no Python code writes it.
+    Database triggers on ``completions`` keep it (migration 0007), and a batch import's own
+    statement while those triggers stand aside (``store.derived``, migration 0009).
     ``start`` is the bucket's first second (unix time, UTC).
     """
 
