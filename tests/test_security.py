@@ -53,6 +53,24 @@ def test_session_cookie_is_secure_over_https(app: Flask, user: str) -> None:
     assert "Secure" in session_cookie(response)
 
 
+def test_the_api_keeps_no_session_and_the_admin_keeps_its_own(client: FlaskClient, user: str) -> None:
+    """Requests under /v1 get Flask's null session: a signed-in browser's cookie is not read,
+    none is set or refreshed, and the admin pages keep their session beside them."""
+    from flask import session
+    from flask.sessions import NullSession
+
+    sign_in(client)
+    key = make_key()
+    for path in ("/v1/chat/completions", "/v1", "/v1/nowhere"):
+        response = client.get(path, headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code in (200, 404)
+        assert not response.headers.getlist("Set-Cookie") and "Cookie" not in response.headers.get("Vary", "")
+    for path, sessionless in (("/v1/chat/completions", True), ("/v1x", False), ("/", False)):
+        with client.application.test_request_context(path):
+            assert isinstance(session._get_current_object(), NullSession) is sessionless  # type: ignore[attr-defined]
+    assert client.get("/").status_code == 200  # still signed in
+
+
 def test_behind_a_trusted_proxy_forwarded_https_counts(database_url: str, app: Flask, user: str) -> None:
     proxied = create_app({"DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET_KEY, "TRUSTED_PROXIES": 1})
     client = proxied.test_client()

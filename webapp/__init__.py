@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask, jsonify, request
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, jsonify, request
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from sqlalchemy import text
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -17,10 +17,25 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie session, marked ``Secure`` whenever the page came over HTTPS."""
+    """Flask's signed-cookie session, marked ``Secure`` whenever the page came over HTTPS; none
+    under ``sessionless`` (the ``/v1`` API).
+
+    The API authenticates every request by its bearer key and keeps nothing between requests:
+    it gets Flask's null session (writing to it raises), which skips reading a cookie and
+    building a signing serializer (a JSON round trip) on every request.
+    """
+
+    def __init__(self, *, sessionless: str) -> None:
+        self._sessionless = sessionless
+        self._under = sessionless + "/"
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        if request.path.startswith(self._under) or request.path == self._sessionless:
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -45,7 +60,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     settings.finalize(app.config, app.instance_path)
-    app.session_interface = SessionInterface()
+    from .api import URL_PREFIX
+
+    app.session_interface = SessionInterface(sessionless=URL_PREFIX)
     if app.config["TRUSTED_PROXIES"]:
         # Behind a TLS-terminating proxy, trust its X-Forwarded-* so HTTPS is seen as HTTPS.
         hops = app.config["TRUSTED_PROXIES"]

@@ -2,6 +2,8 @@
 
 from flask import Blueprint
 
-bp = Blueprint("api", __name__, url_prefix="/v1")
+# Where the API lives; the app's session interface gives requests under it no session.
+URL_PREFIX = "/v1"
+bp = Blueprint("api", __name__, url_prefix=URL_PREFIX)
 
 from . import auth, create, views  # noqa: E402,F401  (routes register themselves on bp)
