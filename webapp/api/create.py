@@ -40,8 +40,10 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def create_completion() -> Response:
     """Create a chat completion through the upstream, streamed or not; keep it when ``store`` is true."""
     create = validation.clean_create_request(json_body(limit=current_app.config["MAX_CONTENT_LENGTH"]))
-    # Give the database connection back while the upstream works: that can take minutes.
-    db.session.close()
+    # Give the database connection back while the upstream works: that can take minutes. (A key
+    # found in the key cache used no session: none is made only to be closed.)
+    if db.session.registry.has():
+        db.session.close()
     upstream = upstream_for(current_app)
     if create.stream:
         events = upstream.stream(create.forward)
