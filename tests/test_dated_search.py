@@ -124,3 +124,19 @@ def test_dates_holding_no_completion_count_none_at_once(app, backend: str, after
     if backend == "sqlite":
         seqs = completions._dated_seqs(db.session, Filter(search=(TERM,), created_after=after, created_before=before))
         assert seqs is not None and seqs.first > seqs.last
+
+
+def test_more_buckets_than_a_count_reads_give_up_the_bounds_and_still_count_exactly(app, backend: str, monkeypatch) -> None:
+    """A count reads at most BOUNDS_BUCKETS rollup rows on each side of its dates: past that (a long
+    history of many models) it narrows less, or not at all, and its counts stay exact."""
+    monkeypatch.setattr(completions, "SELECTIVE_ROWS", 1)
+    records = _records()
+    seed(*records)
+    live = {record["id"]: record for record in records}
+    if backend == "sqlite":
+        assert _only_dated(T0 + 2 * DAY, None) is True
+    monkeypatch.setattr(completions, "BOUNDS_BUCKETS", 1)
+    _assert_counts(live)
+    if backend == "sqlite":
+        assert _only_dated(T0 + 2 * DAY, None) is False  # two days before it: its matches are checked by row
+        assert _only_dated(T0 + HOUR, T0 + 6 * HOUR) is None  # two hours within it: no bounds

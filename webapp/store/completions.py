@@ -61,6 +61,9 @@ def get_completion(session: Session, *, completion_id: str) -> Completion:
 SELECTIVE_ROWS = 2000
 # How far a list page counts its matches exactly ("10,000+" beyond).
 COUNT_CAP = 10_000
+# The most rollup rows a count within dates reads for the seq bounds of each side of its dates
+# (_dated_seqs): a few milliseconds at most, however long and wide the store's history.
+BOUNDS_BUCKETS = 2000
 # PostgreSQL's memory for a search count's bitmaps (see count_completions).
 COUNT_WORK_MEM = "16MB"
 # How many times the cap a count must be expected to match to walk the short search texts
@@ -352,40 +355,48 @@ def _buckets(after: int | None, before: int | None) -> Any:
     )
 
 
+def _bucket_bounds(session: Session, condition: Any) -> tuple[int, int | None, int | None] | None:
+    """Return how many rollup rows meet ``condition``, the least ``first_seq`` and the greatest
+    ``last_seq`` among them; None when they are more than BOUNDS_BUCKETS or a bound is unknown."""
+    rollup = CompletionRollup
+    rows = select(rollup.first_seq, rollup.last_seq).where(condition).limit(BOUNDS_BUCKETS + 1).subquery()
+    read, known, first, last = session.execute(
+        select(func.count(), func.count(rows.c.first_seq), func.min(rows.c.first_seq), func.max(rows.c.last_seq))
+    ).one()
+    return (read, first, last) if read <= BOUNDS_BUCKETS and known == read else None
+
+
 def _dated_seqs(session: Session, filter: Filter) -> _DatedSeqs | None:
     """Return where a SQLite search within ``filter``'s dates may find its matches, by seq: from the
     rollup's bounds (migration 0014) of the buckets the dates touch; None without dates, on
-    PostgreSQL, or where a bucket's bounds are unknown.
+    PostgreSQL, where a bucket's bounds are unknown, or where the dates span more than
+    BOUNDS_BUCKETS buckets (then they hardly narrow the seqs).
 
     The bounds hold every live completion of a bucket (the triggers widen them; nothing
     narrows them). When the dates are whole hours and no bucket outside them reaches into
     the bounds, only completions within the dates lie there, and the dates need no other check.
-    Three lookups of the rollup's primary key, whole days read by day.
+    At most three range reads of the rollup's primary key (whole days read by day), each of at
+    most BOUNDS_BUCKETS rows: a store with more buckets than that outside the dates (a long
+    history of many models) checks the dates on each match's row instead.
     """
     after, before = filter.created_after, filter.created_before
     if (after is None and before is None) or session.get_bind().dialect.name != "sqlite":
         return None
-    rollup = CompletionRollup
     low = None if after is None else floor_to(after, HOUR)
     high = None if before is None else ceil_to(before, HOUR)
-    buckets, known, first, last = session.execute(
-        select(func.count(), func.count(rollup.first_seq), func.min(rollup.first_seq), func.max(rollup.last_seq)).where(_buckets(low, high))
-    ).one()
-    if buckets == 0:  # no live completion was created within the dates
-        return _DatedSeqs(first=1, last=0, only_dated=True)
-    if known < buckets:
+    inside = _bucket_bounds(session, _buckets(low, high))
+    if inside is None:
         return None
+    read, first, last = inside
+    if read == 0 or first is None or last is None:  # no live completion was created within the dates
+        return _DatedSeqs(first=1, last=0, only_dated=True)
     only_dated = low == after and high == before
     if only_dated and after is not None:
-        unknown, reach = session.execute(
-            select(func.count() - func.count(rollup.last_seq), func.max(rollup.last_seq)).where(_buckets(None, after))
-        ).one()
-        only_dated = unknown == 0 and (reach is None or reach < first)
+        earlier = _bucket_bounds(session, _buckets(None, after))
+        only_dated = earlier is not None and (earlier[2] is None or earlier[2] < first)
     if only_dated and before is not None:
-        unknown, reach = session.execute(
-            select(func.count() - func.count(rollup.first_seq), func.min(rollup.first_seq)).where(_buckets(before, None))
-        ).one()
-        only_dated = unknown == 0 and (reach is None or reach > last)
+        later = _bucket_bounds(session, _buckets(before, None))
+        only_dated = later is not None and (later[1] is None or later[1] > last)
     return _DatedSeqs(first=first, last=last, only_dated=only_dated)
 
 
