@@ -300,7 +300,6 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
         session.execute(text(f"SET LOCAL work_mem = '{COUNT_WORK_MEM}'"))
     driver = _driver(session, filter)
     verified = search.indexed_matches(session, filter.search) if driver is None and filter.search else None
-    rest = replace(filter, search=(), metadata={})
     if verified is None:
         if cap is not None and _stops_along_short_texts(session, filter, driver=driver, cap=cap):
             return _count_short_texts_first(session, filter, cap=cap)
@@ -309,6 +308,7 @@ def count_completions(session: Session, *, filter: Filter, cap: int | None = Non
         # The search indexes hold live completions only, as completion_metadata does: a pair is
         # joined on the seq alone, and only a model or a date needs the completion's own row.
         seq = verified.selected_columns[0]
+        rest = replace(filter, search=(), metadata={})
         seqs = _dated_seqs(session, filter)
         if seqs is not None:
             # FTS5 seeks to the range: no match outside the dates' seqs is read (nor its row).

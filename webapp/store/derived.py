@@ -249,7 +249,8 @@ def _roll_up(dialect: str, hours: Any) -> Any:
     ``completion_rollup``, as the triggers (0007, 0014) count them."""
     # A day is whole hours: the day buckets are sums of the hour buckets.
     day = bucket_start(hours.c.start, DAY)
-    bounded = dialect == "sqlite"
+    # The seq bounds where the batch rows carry seqs (SQLite: _batch_usage).
+    bounded = "first_seq" in hours.c
     hour_bounds = [hours.c.first_seq, hours.c.last_seq] if bounded else []
     day_bounds = [func.min(hours.c.first_seq), func.max(hours.c.last_seq)] if bounded else []
     counted = union_all(
