@@ -51,8 +51,13 @@ def configure_engine(engine: Engine, *, busy_timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        immediate = connection.get_execution_options().get(_IMMEDIATE)
+        from .store import derived  # here, not at the top: the store's models import this module
+
+        immediate = bool(connection.get_execution_options().get(_IMMEDIATE))
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # A create's search index entries and rollup counts are written just after its answer
+        # (migration 0015): every transaction sees them, writing them first if still pending.
+        derived.settle(connection, immediate=immediate)
 
 
 @contextmanager
@@ -72,6 +77,16 @@ def write_transaction(session: Session | None = None) -> Iterator[Session]:
     except BaseException:
         session.rollback()
         raise
+
+
+def keep_pending_derived_data() -> None:
+    """Write the search index entries and rollup counts of the completions that creates left
+    pending (SQLite, migration 0015), in a write transaction of their own: what a transaction
+    does first when it begins (see ``configure_engine``), here with nothing after it."""
+    if db.engine.dialect.name != "sqlite":
+        return
+    with db.engine.connect().execution_options(**{_IMMEDIATE: True}) as connection, connection.begin():
+        pass
 
 
 @contextmanager

@@ -80,9 +80,10 @@ SEARCH_INDEX_NAMES = (
     "ix_completions_search_words",  # migration 0012: 0010's two columns and the filter words, in one GIN index
     "ix_completions_created_seq_search_text",  # and 0011's short texts by (created, seq), with the words
 )
-# Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived).
+# Also made by hand: SQLite's mark that a batch keeps its derived data itself (migration 0009, store.derived),
+# and its list of completions whose derived data is still to be written (0015, store.derived).
 # And PostgreSQL's generated column of a completion's filter words (migration 0012, store.search.filter_words).
-HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred", "filter_words")
+HAND_MADE_NAMES = (*SEARCH_INDEX_NAMES, "derived_data_deferred", "derived_data_pending", "filter_words")
 
 
 def is_hand_made(name: str | None) -> bool:

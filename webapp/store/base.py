@@ -1,4 +1,5 @@
-"""What the store's modules share: the page shape, the name-taken error, time buckets, and small helpers."""
+"""What the store's modules share: the page shape, the name-taken error, time buckets, the SQLite
+tables that hold derived data back, and small helpers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from typing import Any
 # The rollup's buckets (``completion_rollup.span``): an hour and a day, in seconds.
 HOUR = 3600
 DAY = 86400
+
+# SQLite's mark that the INSERT triggers of derived data stand aside (migration 0009), and its
+# list of completions whose derived data is still to be written (0015): see ``store.derived``.
+SQLITE_DEFERRAL_TABLE = "derived_data_deferred"
+SQLITE_PENDING_TABLE = "derived_data_pending"
+# What a create runs around its INSERT on SQLite: the triggers stand aside for its row, which is
+# recorded as pending instead (the metadata pair count trigger, cheap, fires as ever after it).
+DEFER_SQL = f"INSERT INTO {SQLITE_DEFERRAL_TABLE} (deferred) VALUES (1)"
+UNDEFER_SQL = f"DELETE FROM {SQLITE_DEFERRAL_TABLE}"
+MARK_PENDING_SQL = f"INSERT INTO {SQLITE_PENDING_TABLE} (seq) VALUES (?)"
 
 
 @dataclass(frozen=True)

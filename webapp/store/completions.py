@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, aliased
 from ..models import Completion, CompletionMetadata, CompletionRollup, MetadataChange, MetadataPairCount, utcnow
 from ..validation import MAX_ID_LENGTH, Filter, Order, PageQuery, ValidationError, completion_id_fault
 from . import search
-from .base import DAY, HOUR, Page, ceil_to, floor_to, storable
+from .base import DAY, DEFER_SQL, HOUR, MARK_PENDING_SQL, UNDEFER_SQL, Page, ceil_to, floor_to, storable
 from .driver import Writer
 from .shapes import etag, message_objects
 
@@ -721,12 +721,16 @@ def _row(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _insert_if_free(dialect: str) -> Any:
-    """Return ``INSERT INTO completions ... ON CONFLICT (id) DO NOTHING RETURNING seq`` for ``dialect``
-    (built once: the compiled statement is cached)."""
+    """Return ``INSERT INTO completions ... ON CONFLICT (id) DO NOTHING`` for ``dialect`` (built once:
+    the compiled statement is cached), on PostgreSQL ``RETURNING seq``. SQLite's driver gives the
+    new row's seq as ``lastrowid`` (a trigger's inserts do not change it), without the buffering
+    of RETURNING rows that SQLite does."""
     statement = _INSERT_IF_FREE.get(dialect)
     if statement is None:
-        module = sqlite if dialect == "sqlite" else postgresql
-        statement = module.insert(_completions).on_conflict_do_nothing(index_elements=["id"]).returning(_completions.c.seq)
+        if dialect == "sqlite":
+            statement = sqlite.insert(_completions).on_conflict_do_nothing(index_elements=["id"])
+        else:
+            statement = postgresql.insert(_completions).on_conflict_do_nothing(index_elements=["id"]).returning(_completions.c.seq)
         _INSERT_IF_FREE[dialect] = statement
     return statement
 
@@ -739,13 +743,17 @@ def _claim_id(writer: Writer, values: dict[str, Any]) -> int:
     id cannot both take it: PostgreSQL makes the second wait for the first and then skip;
     SQLite runs write transactions one at a time.
     """
-    statement = _insert_if_free(writer.dialect.name)
+    dialect = writer.dialect.name
+    statement = _insert_if_free(dialect)
     if completion_id_fault(values["id"]) is not None:
         _rename(values, mint_completion_id(values["id"]))
     upstream_id = values["id"]
     for _attempt in range(MINT_ATTEMPTS):
-        row = writer.execute(statement, _row(values)).fetchone()
-        if row is not None:
+        cursor = writer.execute(statement, _row(values))
+        if dialect == "sqlite":
+            if cursor.rowcount == 1:
+                return cursor.lastrowid
+        elif (row := cursor.fetchone()) is not None:
             return row[0]
         _rename(values, mint_completion_id(upstream_id))
     raise IdsExhausted(f"no free id found for a completion after {MINT_ATTEMPTS} tries")
@@ -783,7 +791,15 @@ def create_completion(
     """
     values = completion_values(body=body, messages=messages, metadata=metadata)
     values.update(version=1, updated_at=utcnow())
+    # On SQLite its search index entries and rollup counts are written just after the answer
+    # (migration 0015, extensions.keep_pending_derived_data): its row is marked pending instead.
+    pending = writer.dialect.name == "sqlite"
+    if pending:
+        writer.execute_sql(DEFER_SQL)
     seq = _claim_id(writer, values)
+    if pending:
+        writer.execute_sql(UNDEFER_SQL)
+        writer.execute_sql(MARK_PENDING_SQL, (seq,))
     _add_metadata(writer, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
     return values["id"]
 

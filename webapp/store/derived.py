@@ -40,10 +40,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
 
 from ..models import Completion, CompletionMetadata, CompletionRollup, MetadataPairCount
+from .base import DEFER_SQL, SQLITE_PENDING_TABLE, UNDEFER_SQL
 from .overview import DAY, HOUR, bucket_start, floor_to, usage_tokens
 from .search import FTS_GRAMS, FTS_TEXT
 
-SQLITE_DEFERRAL_TABLE = "derived_data_deferred"  # made by migration 0009 (models.HAND_MADE_NAMES)
 POSTGRES_DEFERRAL_SETTING = "completion_store.defer_derived_data"
 
 
@@ -102,9 +102,9 @@ def _set_deferral(connection: Connection, *, on: bool) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.set_config(POSTGRES_DEFERRAL_SETTING, "on" if on else "off", True)))
     elif on:
-        connection.exec_driver_sql(f"INSERT INTO {SQLITE_DEFERRAL_TABLE} (deferred) VALUES (1)")
+        connection.exec_driver_sql(DEFER_SQL)
     else:
-        connection.exec_driver_sql(f"DELETE FROM {SQLITE_DEFERRAL_TABLE}")
+        connection.exec_driver_sql(UNDEFER_SQL)
 
 
 def keep_derived_data(connection: Connection, rows: DeferredRows) -> None:
@@ -176,20 +176,22 @@ def _given_statements() -> tuple[Any, Any]:
     return _roll_up("postgresql", select(*hours.c).cte("hours")), _upsert_pair_counts("postgresql", counted)
 
 
+# The INSERT trigger's search index writes (migrations 0004, 0010, 0013) for the rows whose seqs are
+# listed in a JSON array parameter: the text table takes the CJK gram words too, each between
+# spaces, so a term and a gram word meet in one query; only a text with gram words has a
+# document in the gram table (0013).
+_BATCH_ROWS = "FROM completions WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL"
+INDEX_FOR_SEARCH = (
+    f"INSERT INTO {FTS_TEXT}(rowid, search_text, search_grams) SELECT seq, search_text, ' ' || search_grams || ' ' {_BATCH_ROWS}",
+    f"INSERT INTO {FTS_GRAMS}(rowid, search_grams) SELECT seq, search_grams {_BATCH_ROWS} AND search_grams <> ''",
+)
+
+
 def _index_for_search(connection: Connection, seqs: list[int]) -> None:
-    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger (migrations 0004, 0010, 0013) does:
-    the text table takes the CJK gram words too, each between spaces, so a term and a gram word
-    meet in one query."""
-    batch = "FROM completions WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL"
+    """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger does."""
     listed_seqs = (json.dumps(seqs),)
-    connection.exec_driver_sql(
-        f"INSERT INTO {FTS_TEXT}(rowid, search_text, search_grams) SELECT seq, search_text, ' ' || search_grams || ' ' {batch}",
-        listed_seqs,
-    )
-    # Only a text with gram words has a document in the gram table (migration 0013).
-    connection.exec_driver_sql(
-        f"INSERT INTO {FTS_GRAMS}(rowid, search_grams) SELECT seq, search_grams {batch} AND search_grams <> ''", listed_seqs
-    )
+    for sql in INDEX_FOR_SEARCH:
+        connection.exec_driver_sql(sql, listed_seqs)
 
 
 def _upsert(dialect: str) -> Any:
@@ -306,3 +308,64 @@ def _upsert_pair_counts(dialect: str, meetings: Any) -> Any:
     return statement.on_conflict_do_update(
         index_elements=["key_a", "value_a", "key_b", "value_b"], set_={"count": MetadataPairCount.count + statement.excluded.count}
     )
+
+
+# --- A create's derived data, written just after its answer (SQLite, migration 0015) ----------------
+
+_PENDING_SQL = f"SELECT seq FROM {SQLITE_PENDING_TABLE}"
+# Tries of a read transaction at a snapshot with nothing pending (each after keeping what was).
+SETTLE_ATTEMPTS = 5
+
+
+def settle(connection: Connection, *, immediate: bool) -> None:
+    """Make the SQLite transaction ``connection`` has just begun see every stored completion's derived data.
+
+    A create through the API commits its completion before its search index entries and
+    rollup counts (migration 0015), and the server writes those just after the answer. Until
+    then the completion is *pending*. Called as each transaction begins (``extensions``):
+
+    - a write transaction (``immediate``) holds the write lock, so it keeps the pending rows'
+      derived data itself, as its first writes (rolled back with it if it fails: then they
+      stay pending);
+    - a read transaction reads at the snapshot of its first read, so when that snapshot has
+      pending rows it ends, a write transaction of its own keeps them, and it begins again.
+
+    Nothing pending (nearly always): one read of an empty table. Before migration 0015 there is
+    no such table and nothing to do.
+    """
+    for _attempt in range(SETTLE_ATTEMPTS):
+        if not _pending(connection):
+            return
+        if immediate:
+            _keep_pending(connection)
+            return
+        connection.exec_driver_sql("ROLLBACK")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            _keep_pending(connection)
+        except BaseException:
+            connection.exec_driver_sql("ROLLBACK")
+            raise
+        connection.exec_driver_sql("COMMIT")
+        connection.exec_driver_sql("BEGIN")
+
+
+def _pending(connection: Connection) -> bool:
+    """Return whether any completion is pending, on the driver's cursor (cheaper than a statement of SQLAlchemy's)."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return cursor.execute(f"{_PENDING_SQL} LIMIT 1").fetchone() is not None
+    except connection.dialect.loaded_dbapi.OperationalError as exc:
+        if f"no such table: {SQLITE_PENDING_TABLE}" in str(exc):
+            return False  # a database before migration 0015 (while it is being migrated)
+        raise
+    finally:
+        cursor.close()
+
+
+def _keep_pending(connection: Connection) -> None:
+    """Keep the derived data of every pending completion and clear the list, in the write transaction begun."""
+    seqs = [seq for (seq,) in connection.exec_driver_sql(_PENDING_SQL)]
+    if seqs:
+        keep_derived_data(connection, DeferredRows(inserted=seqs))
+        connection.exec_driver_sql(f"DELETE FROM {SQLITE_PENDING_TABLE}")

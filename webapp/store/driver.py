@@ -91,6 +91,14 @@ class Writer:
             raise self._on_error(exc, compiled.sql, bound) from exc
         return self._cursor
 
+    def execute_sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run the SQL text ``sql`` with positional ``params`` as the driver takes them; return the driver's cursor."""
+        try:
+            self._cursor.execute(sql, params)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._on_error(exc, sql, params) from exc
+        return self._cursor
+
     def executemany(self, statement: Executable, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run ``statement`` once per row of ``rows`` (all with the same parameter names), in one driver call."""
         compiled = _compile(statement, self.dialect, frozenset(rows[0]))
