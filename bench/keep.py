@@ -2,8 +2,9 @@
 ``python bench/keep.py [--creates 4000]``.
 
 Times the transaction a ``store: true`` create runs (``api.create._save``: the completion,
-its metadata row and its history row, with the search, rollup and pair-count triggers, one
-``BEGIN IMMEDIATE`` transaction) on a temporary SQLite file, alternating two cases:
+its metadata row and its history row, with the pair-count trigger, one ``BEGIN IMMEDIATE``
+transaction; the completion marked pending for its search index entries and rollup counts,
+migration 0015) on a temporary SQLite file, alternating two cases:
 
 - ``after its own write``: the connection wrote the last transaction itself, so its page cache
   is still valid;
@@ -11,7 +12,10 @@ its metadata row and its history row, with the search, rollup and pair-count tri
   gunicorn workers, or the other connections of the pool, do in a running store), so SQLite
   drops the connection's page cache and reads the pages again.
 
-Prints the median and p95 of each, and their ratio.
+Prints the median and p95 of each, and their ratio. Every ``PENDING_BATCH``-th create also
+writes the pending search index entries and rollup counts after its answer, as the API does
+(``extensions.keep_pending_derived_data``): that transaction is timed apart, and its median
+shared out over the creates of a batch.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from webapp import validation
-    from webapp.api.create import _save
+    from webapp.api.create import PENDING_BATCH, _save
+    from webapp.extensions import keep_pending_derived_data
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "keep.db")
@@ -72,6 +77,7 @@ def main() -> None:
         other.execute("CREATE TABLE bench_poke (n INTEGER)")
         own: list[float] = []
         others: list[float] = []
+        batches: list[float] = []
         with app.app_context():
             create = validation.clean_create_request(REQUEST)
             for i in range(args.creates + WARMUP):
@@ -83,11 +89,21 @@ def main() -> None:
                 elapsed = time.perf_counter() - start
                 if i >= WARMUP:
                     (others if poked else own).append(elapsed)
+                if i % PENDING_BATCH == PENDING_BATCH - 1:
+                    start = time.perf_counter()
+                    keep_pending_derived_data()
+                    if i >= WARMUP:
+                        batches.append(time.perf_counter() - start)
         other.close()
     print(f"keeping a completion (SQLite, in process, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')})")
     warm = summary("after its own write", own)
     cold = summary("after another connection's write", others)
     print(f"another connection's write makes it {cold / warm:.2f}x as long")
+    ordered = sorted(batches)
+    batch = statistics.median(ordered) * 1e6
+    print(f"{'writing what ' + str(PENDING_BATCH) + ' creates left pending':<34} median {batch:7.1f} us   "
+          f"({len(ordered)} batches: {batch / PENDING_BATCH:.1f} us a create)")
+    print(f"a create after its own write, with its share of the batch: {warm + batch / PENDING_BATCH:.1f} us")
 
 
 if __name__ == "__main__":
