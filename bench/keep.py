@@ -1,10 +1,10 @@
 """What keeping a completion costs on SQLite, in process, run by hand:
 ``python bench/keep.py [--creates 4000]``.
 
-Times the transaction a ``store: true`` create runs (``api.create._save``: the completion,
-its metadata row and its history row, with the pair-count trigger, one ``BEGIN IMMEDIATE``
-transaction; the completion marked pending for its search index entries and rollup counts,
-migration 0015) on a temporary SQLite file, alternating two cases:
+Times the transaction a ``store: true`` create runs (``api.create._save``: the completion with
+its metadata and its history row, one ``BEGIN IMMEDIATE`` transaction; the completion marked
+pending for its search index entries, rollup counts and metadata filter rows, migration 0015)
+on a temporary SQLite file, alternating two cases:
 
 - ``after its own write``: the connection wrote the last transaction itself, so its page cache
   is still valid;
@@ -13,7 +13,7 @@ migration 0015) on a temporary SQLite file, alternating two cases:
   drops the connection's page cache and reads the pages again.
 
 Prints the median and p95 of each, and their ratio. Every ``PENDING_BATCH``-th create also
-writes the pending search index entries and rollup counts after its answer, as the API does
+writes what is pending after its answer, as the API does
 (``extensions.keep_pending_derived_data``): that transaction is timed apart, and its median
 shared out over the creates of a batch.
 """

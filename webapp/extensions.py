@@ -55,8 +55,9 @@ def configure_engine(engine: Engine, *, busy_timeout: float) -> None:
 
         immediate = bool(connection.get_execution_options().get(_IMMEDIATE))
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-        # A create's search index entries and rollup counts are written just after its answer
-        # (migration 0015): every transaction sees them, writing them first if still pending.
+        # A create's derived data (search index entries, rollup counts, metadata filter rows) is
+        # written after its answer (migration 0015): every transaction sees it, writing it first
+        # if still pending.
         derived.settle(connection, immediate=immediate)
 
 
@@ -80,9 +81,9 @@ def write_transaction(session: Session | None = None) -> Iterator[Session]:
 
 
 def keep_pending_derived_data() -> None:
-    """Write the search index entries and rollup counts of the completions that creates left
-    pending (SQLite, migration 0015), in a write transaction of their own: what a transaction
-    does first when it begins (see ``configure_engine``), here with nothing after it."""
+    """Write the derived data (search index entries, rollup counts, metadata filter rows) that
+    creates left pending (SQLite, migration 0015), in a write transaction of its own: what a
+    transaction does first when it begins (see ``configure_engine``), here with nothing after it."""
     if db.engine.dialect.name != "sqlite":
         return
     with db.engine.connect().execution_options(**{_IMMEDIATE: True}) as connection, connection.begin():

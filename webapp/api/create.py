@@ -68,14 +68,14 @@ def create_completion() -> Response:
     body = answer_body(answer, metadata=create.metadata, completion_id=completion_id)
     response = Response(body, mimetype="application/json", headers=answer.headers)
     if create.store and next(_stored_creates) % PENDING_BATCH == PENDING_BATCH - 1:
-        # Once the answer has gone out: the search index entries and rollup counts that this
-        # process's last creates left pending (SQLite, migration 0015), in one batch. Any
-        # transaction that begins sooner writes them itself, first.
+        # Once the answer has gone out: the derived data (search index entries, rollup counts,
+        # metadata filter rows) that this process's last creates left pending (SQLite, migration
+        # 0015), in one batch. Any transaction that begins sooner writes them itself, first.
         response.call_on_close(functools.partial(_keep_pending_derived_data, current_app._get_current_object()))  # type: ignore[attr-defined]
     return response
 
 
-# A create on SQLite leaves its search index entries and rollup counts pending (migration 0015);
+# A create on SQLite leaves its derived data pending (migration 0015);
 # every PENDING_BATCH-th create of a process writes them, for all pending creates, after its answer.
 # Per create, in process on the 2-core machine: a batch of 1 cost 373 us after the answer (more
 # than the triggers' ~100 us in the create), a batch of 16 cost 554 us, 35 us a create.
@@ -89,7 +89,7 @@ def _keep_pending_derived_data(app: Flask) -> None:
         with app.app_context():
             keep_pending_derived_data()
     except Exception:
-        log.exception("the search index entries and rollup counts of a new completion are left for the next transaction")
+        log.exception("the derived data of new completions is left for the next transaction to write")
 
 
 def answer_body(answer: Answer, *, metadata: dict[str, str], completion_id: str) -> bytes:

@@ -17,7 +17,7 @@ DAY = 86400
 SQLITE_DEFERRAL_TABLE = "derived_data_deferred"
 SQLITE_PENDING_TABLE = "derived_data_pending"
 # What a create runs around its INSERT on SQLite: the triggers stand aside for its row, which is
-# recorded as pending instead (the metadata pair count trigger, cheap, fires as ever after it).
+# recorded as pending instead.
 DEFER_SQL = f"INSERT INTO {SQLITE_DEFERRAL_TABLE} (deferred) VALUES (1)"
 UNDEFER_SQL = f"DELETE FROM {SQLITE_DEFERRAL_TABLE}"
 MARK_PENDING_SQL = f"INSERT INTO {SQLITE_PENDING_TABLE} (seq) VALUES (?)"

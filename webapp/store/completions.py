@@ -772,10 +772,16 @@ def _add_metadata(writer: Writer, *, seq: int, completion_id: str, metadata: Map
     writer.executemany(
         _INSERT_METADATA_ROWS, [{"completion_seq": seq, "key": key, "value": value} for key, value in metadata.items()]
     )
-    writer.execute(
-        _INSERT_CHANGE,
-        {"completion_id": completion_id, "actor": actor, "before": {}, "after": dict(metadata), "changed_at": utcnow()},
-    )
+    _add_history(writer, completion_id=completion_id, metadata=metadata, actor=actor)
+
+
+def _add_history(writer: Writer, *, completion_id: str, metadata: Mapping[str, str], actor: str) -> None:
+    """Insert the history record of a new completion's metadata, if it has any."""
+    if metadata:
+        writer.execute(
+            _INSERT_CHANGE,
+            {"completion_id": completion_id, "actor": actor, "before": {}, "after": dict(metadata), "changed_at": utcnow()},
+        )
 
 
 def create_completion(
@@ -788,19 +794,22 @@ def create_completion(
     also under concurrent creates. Core statements run by ``writer`` on the driver's cursor
     (see ``extensions.write_connection``), one round trip per table, no ORM objects: this runs
     on every ``store: true`` create. Raises IdsExhausted (never expected).
+
+    On SQLite the completion is marked pending (migration 0015): its INSERT triggers stand aside,
+    and its search index entries, rollup counts and metadata filter rows (with their pair counts)
+    are written later, by ``store.derived.settle``; its history record is written here, with it.
     """
     values = completion_values(body=body, messages=messages, metadata=metadata)
     values.update(version=1, updated_at=utcnow())
-    # On SQLite its search index entries and rollup counts are written just after the answer
-    # (migration 0015, extensions.keep_pending_derived_data): its row is marked pending instead.
-    pending = writer.dialect.name == "sqlite"
-    if pending:
-        writer.execute_sql(DEFER_SQL)
+    if writer.dialect.name != "sqlite":
+        seq = _claim_id(writer, values)
+        _add_metadata(writer, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
+        return values["id"]
+    writer.execute_sql(DEFER_SQL)
     seq = _claim_id(writer, values)
-    if pending:
-        writer.execute_sql(UNDEFER_SQL)
-        writer.execute_sql(MARK_PENDING_SQL, (seq,))
-    _add_metadata(writer, seq=seq, completion_id=values["id"], metadata=metadata, actor=actor)
+    writer.execute_sql(MARK_PENDING_SQL, (seq,))
+    writer.execute_sql(UNDEFER_SQL)
+    _add_history(writer, completion_id=values["id"], metadata=metadata, actor=actor)
     return values["id"]
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +46,8 @@ from .overview import DAY, HOUR, bucket_start, floor_to, usage_tokens
 from .search import FTS_GRAMS, FTS_TEXT
 
 POSTGRES_DEFERRAL_SETTING = "completion_store.defer_derived_data"
+
+log = logging.getLogger(__name__)
 
 
 def member_of(dialect: str, target: Any, *, name: str, element: Any = BigInteger) -> Any:
@@ -320,15 +323,19 @@ SETTLE_ATTEMPTS = 5
 def settle(connection: Connection, *, immediate: bool) -> None:
     """Make the SQLite transaction ``connection`` has just begun see every stored completion's derived data.
 
-    A create through the API commits its completion before its search index entries and
-    rollup counts (migration 0015), and the server writes those just after the answer. Until
-    then the completion is *pending*. Called as each transaction begins (``extensions``):
+    A create through the API commits its completion before its search index entries, rollup
+    counts and metadata filter rows (migration 0015); until they are written it is *pending*.
+    Called as each transaction begins (``extensions.configure_engine``):
 
-    - a write transaction (``immediate``) holds the write lock, so it keeps the pending rows'
-      derived data itself, as its first writes (rolled back with it if it fails: then they
-      stay pending);
+    - a write transaction (``immediate``) holds the write lock, so it writes what is pending
+      itself, as its first writes (rolled back with it if it fails: then it stays pending). If
+      that fails, the transaction fails: no UPDATE or DELETE may meet a completion that the
+      search index does not hold.
     - a read transaction reads at the snapshot of its first read, so when that snapshot has
-      pending rows it ends, a write transaction of its own keeps them, and it begins again.
+      pending completions it ends, a write transaction of its own writes them, and it begins
+      again (up to ``SETTLE_ATTEMPTS`` times, should creates keep coming in between). If that
+      fails (the write lock not had within the busy timeout, say), it is logged and the reader
+      goes on without: a search or a count may then miss the pending completions.
 
     Nothing pending (nearly always): one read of an empty table. Before migration 0015 there is
     no such table and nothing to do.
@@ -340,13 +347,16 @@ def settle(connection: Connection, *, immediate: bool) -> None:
             _keep_pending(connection)
             return
         connection.exec_driver_sql("ROLLBACK")
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
         try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
             _keep_pending(connection)
-        except BaseException:
-            connection.exec_driver_sql("ROLLBACK")
-            raise
-        connection.exec_driver_sql("COMMIT")
+            connection.exec_driver_sql("COMMIT")
+        except Exception:
+            log.exception("a reader could not write the derived data of pending completions; it reads without them")
+            if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                connection.exec_driver_sql("ROLLBACK")
+            connection.exec_driver_sql("BEGIN")
+            return
         connection.exec_driver_sql("BEGIN")
 
 
@@ -363,9 +373,20 @@ def _pending(connection: Connection) -> bool:
         cursor.close()
 
 
+# A pending completion's metadata filter rows, from its ``metadata`` (the pair count trigger counts
+# their pairs as they go in, as for any other insert of metadata rows).
+_METADATA_ROWS_SQL = (
+    "INSERT INTO completion_metadata (completion_seq, key, value) "
+    "SELECT c.seq, m.key, m.value FROM completions AS c, json_each(c.metadata) AS m "
+    "WHERE c.seq IN (SELECT value FROM json_each(?)) AND NOT c.deleted AND c.metadata IS NOT NULL"
+)
+
+
 def _keep_pending(connection: Connection) -> None:
-    """Keep the derived data of every pending completion and clear the list, in the write transaction begun."""
+    """Write the derived data of every pending completion (search index entries, rollup counts,
+    metadata filter rows and their pair counts) and clear the list, in the write transaction begun."""
     seqs = [seq for (seq,) in connection.exec_driver_sql(_PENDING_SQL)]
     if seqs:
+        connection.exec_driver_sql(_METADATA_ROWS_SQL, (json.dumps(seqs),))
         keep_derived_data(connection, DeferredRows(inserted=seqs))
         connection.exec_driver_sql(f"DELETE FROM {SQLITE_PENDING_TABLE}")
