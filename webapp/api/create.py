@@ -75,10 +75,11 @@ def create_completion() -> Response:
     return response
 
 
-# A create on SQLite leaves its derived data pending (migration 0015);
-# every PENDING_BATCH-th create of a process writes them, for all pending creates, after its answer.
-# Per create, in process on the 2-core machine: a batch of 1 cost 373 us after the answer (more
-# than the triggers' ~100 us in the create), a batch of 16 cost 554 us, 35 us a create.
+# A create on SQLite leaves its derived data pending (migration 0015); every PENDING_BATCH-th
+# create of a process writes it, for all pending creates, after its answer. In process on the
+# 2-core machine, a batch of one cost 373 us (more than the ~110 us it takes off a create), a
+# batch of 16 about 0.9-1.2 ms, 56-76 us a create (bench/keep.py). A reader finds at most
+# PENDING_BATCH - 1 pending creates a server process, and writes them first.
 PENDING_BATCH = 16
 _stored_creates = itertools.count()
 

@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Connection, Integer, Text, any_, bindparam, case, cast, column, func, literal, select, true, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import aliased
 
 from ..models import Completion, CompletionMetadata, CompletionRollup, MetadataPairCount
@@ -184,7 +185,7 @@ def _given_statements() -> tuple[Any, Any]:
 # spaces, so a term and a gram word meet in one query; only a text with gram words has a
 # document in the gram table (0013).
 _BATCH_ROWS = "FROM completions WHERE seq IN (SELECT value FROM json_each(?)) AND search_text IS NOT NULL"
-INDEX_FOR_SEARCH = (
+_INDEX_FOR_SEARCH = (
     f"INSERT INTO {FTS_TEXT}(rowid, search_text, search_grams) SELECT seq, search_text, ' ' || search_grams || ' ' {_BATCH_ROWS}",
     f"INSERT INTO {FTS_GRAMS}(rowid, search_grams) SELECT seq, search_grams {_BATCH_ROWS} AND search_grams <> ''",
 )
@@ -193,7 +194,7 @@ INDEX_FOR_SEARCH = (
 def _index_for_search(connection: Connection, seqs: list[int]) -> None:
     """Put the rows in SQLite's two FTS5 tables, as the INSERT trigger does."""
     listed_seqs = (json.dumps(seqs),)
-    for sql in INDEX_FOR_SEARCH:
+    for sql in _INDEX_FOR_SEARCH:
         connection.exec_driver_sql(sql, listed_seqs)
 
 
@@ -362,13 +363,15 @@ def settle(connection: Connection, *, immediate: bool) -> None:
 
 def _pending(connection: Connection) -> bool:
     """Return whether any completion is pending, on the driver's cursor (cheaper than a statement of SQLAlchemy's)."""
+    sql = f"{_PENDING_SQL} LIMIT 1"
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        return cursor.execute(f"{_PENDING_SQL} LIMIT 1").fetchone() is not None
-    except connection.dialect.loaded_dbapi.OperationalError as exc:
+        return cursor.execute(sql).fetchone() is not None
+    except connection.dialect.loaded_dbapi.Error as exc:
         if f"no such table: {SQLITE_PENDING_TABLE}" in str(exc):
             return False  # a database before migration 0015 (while it is being migrated)
-        raise
+        # As SQLAlchemy's own statements fail (the app answers "database unavailable" to those).
+        raise DBAPIError.instance(sql, (), exc, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect) from exc
     finally:
         cursor.close()
 
