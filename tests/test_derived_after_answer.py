@@ -157,6 +157,26 @@ def test_when_writing_them_fails_a_reader_goes_on_without_and_a_writer_fails(app
     assert_whole()
 
 
+def test_a_reader_writes_at_most_settle_attempts_times_when_creates_keep_coming(app, sqlite_only, monkeypatch) -> None:
+    keep("chatcmpl-0")
+    checks = []
+    original = derived._pending
+
+    def after_another_create(connection: Any) -> bool:
+        # Between the reader's write and its next snapshot, a create on another connection commits.
+        if checks:
+            keep(f"chatcmpl-{len(checks)}")
+        checks.append(1)
+        return original(connection)
+
+    monkeypatch.setattr(derived, "_pending", after_another_create)
+    listed = found()
+    assert len(checks) == derived.SETTLE_ATTEMPTS  # bounded, though there was always one more
+    assert listed == [f"chatcmpl-{i}" for i in range(derived.SETTLE_ATTEMPTS)]
+    monkeypatch.undo()
+    assert_whole()
+
+
 @pytest.mark.parametrize("change", ["delete", "purge", "update", "import"])
 def test_a_pending_completion_changed_by_any_writer_stays_sound(app, client, auth, sqlite_only, change: str, runner, tmp_path) -> None:
     keep("chatcmpl-a")
