@@ -16,7 +16,6 @@ import json
 from typing import Any
 
 import pytest
-
 import sqlalchemy as sa
 
 from webapp import store, validation
