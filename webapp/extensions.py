@@ -37,6 +37,7 @@ def configure_engine(engine: Engine, *, busy_timeout: float) -> None:
     """
     if engine.dialect.name != "sqlite":
         return
+    from .store import derived  # here, not at the top: the store's models import this module
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -51,8 +52,6 @@ def configure_engine(engine: Engine, *, busy_timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        from .store import derived  # here, not at the top: the store's models import this module
-
         immediate = bool(connection.get_execution_options().get(_IMMEDIATE))
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
         # A create's derived data (search index entries, rollup counts, metadata filter rows) is

@@ -84,15 +84,10 @@ class Writer:
     def execute(self, statement: Executable, params: Mapping[str, Any]) -> Any:
         """Run ``statement`` with ``params``; return the driver's cursor (``fetchone``, ``rowcount``)."""
         compiled = _compile(statement, self.dialect, frozenset(params))
-        bound = compiled.parameters(params)
-        try:
-            self._cursor.execute(compiled.sql, bound)
-        except self.dialect.loaded_dbapi.Error as exc:
-            raise self._on_error(exc, compiled.sql, bound) from exc
-        return self._cursor
+        return self.execute_sql(compiled.sql, compiled.parameters(params))
 
-    def execute_sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run the SQL text ``sql`` with positional ``params`` as the driver takes them; return the driver's cursor."""
+    def execute_sql(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        """Run the SQL text ``sql`` with ``params`` as the driver takes them; return the driver's cursor."""
         try:
             self._cursor.execute(sql, params)
         except self.dialect.loaded_dbapi.Error as exc:
