@@ -7,10 +7,12 @@ fixed completion, or a short stream, and the store (gunicorn with gunicorn.conf.
 temporary SQLite database and one API key) in front of it. Then, alternating between the
 two so that drift hits both alike, it measures a non-streaming create straight to the
 upstream and through the store (``store: false``, and ``store: true`` with metadata, which
-commits the completion, its metadata rows and its history row before answering), and the
+commits the completion with its metadata, and its history row, before answering), and the
 time to the first streamed event both ways, and prints medians, p95s, what the store adds,
 and the ratios. Targets: at most 1.2 ms added at the median for a non-streaming create, with
 ``store: false`` and with ``store: true``, and a first chunk at most 1.2 ms after the direct one.
+Last, the CPU time the store's workers spend on a create of each kind (Linux's ``/proc``),
+which a busy or slow machine changes less than the wall time.
 
 The stream's first event goes out at once, the rest right after it (``--gap-ms`` puts a
 pause between them). Requests then follow each other back to back, as the non-streaming
@@ -221,6 +223,29 @@ def measure(calls: list[Callable[[], float]], n: int, warmup: int) -> list[list[
     return timings
 
 
+def workers_cpu_seconds(master: int) -> float | None:
+    """Return the CPU time (user and system) gunicorn's workers, the children of ``master``,
+    have used so far, or None where Linux's /proc cannot tell."""
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        ticks = 0
+        for pid in children:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_create(master: int, create: Callable[[], float], n: int) -> float | None:
+    """Return the workers' CPU seconds per call of ``create``, over ``n`` calls in a row."""
+    before = workers_cpu_seconds(master)
+    for _ in range(n):
+        create()
+    after = workers_cpu_seconds(master)
+    return None if before is None or after is None else (after - before) / n
+
+
 def p95(values: list[float]) -> float:
     """Return the 95th percentile of ``values``."""
     return statistics.quantiles(values, n=20)[-1]
@@ -266,7 +291,8 @@ def main() -> None:
         try:
             processes.append(subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port), "--gap-ms", str(args.gap_ms)]))
             wait_for_port(upstream_port)
-            processes.append(start_store(env, store_port, args.workers))
+            store = start_store(env, store_port, args.workers)
+            processes.append(store)
             direct = Target(upstream_port, {"Authorization": "Bearer sk-bench"})
             through = Target(store_port, {"Authorization": f"Bearer {env['KEY']}"})
             plain = json.dumps(REQUEST).encode()
@@ -292,6 +318,10 @@ def main() -> None:
             )
             print(f"\nkeeping the completion adds {added_stored - added:+.3f} ms at the median; "
                   f"store: true adds {added_stored / added:.2f}x what store: false adds")
+            cpu = [cpu_per_create(store.pid, lambda b=b: through.create(b), args.requests) for b in (plain, stored)]
+            if None not in cpu:
+                print(f"CPU time of the store's workers per create ({args.requests} of each in a row): "
+                      f"store: false {cpu[0] * 1000:.3f} ms, store: true {cpu[1] * 1000:.3f} ms")
             ok = max(added, added_stored, ttfc) <= TARGET_MS
             print(f"{'PASS' if ok else 'MISS'}: added {added:.3f} ms (create, store: false), {added_stored:.3f} ms "
                   f"(create, store: true), {ttfc:.3f} ms (first chunk); target {TARGET_MS} ms each")
