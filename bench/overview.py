@@ -118,7 +118,7 @@ def fill(rows: int) -> float:
         db.session.commit()
         if not sqlite:
             # Statistics as autovacuum would keep them (a server may run with it off): without
-            # them the triggers' plans, made for an empty table, scan the metadata table per row.
+            # them each batch took longer than the one before, until one passed the timeout.
             db.session.execute(sa.text("ANALYZE completions, completion_metadata"))
             db.session.commit()
         print(f"\r  filling: {last:,}/{rows:,} ({last / (time.monotonic() - started):,.0f} rows/s)", end="", file=sys.stderr)

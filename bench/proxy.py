@@ -11,8 +11,8 @@ commits the completion with its metadata, and its history row, before answering)
 time to the first streamed event both ways, and prints medians, p95s, what the store adds,
 and the ratios. Targets: at most 1.2 ms added at the median for a non-streaming create, with
 ``store: false`` and with ``store: true``, and a first chunk at most 1.2 ms after the direct one.
-Last, the CPU time the store's workers spend on a create of each kind (Linux's ``/proc``),
-which a busy or slow machine changes less than the wall time.
+Last, the CPU time the store's workers spend on a create of each kind (Linux's ``/proc``):
+what the store costs the machine, beside what it costs the client.
 
 The stream's first event goes out at once, the rest right after it (``--gap-ms`` puts a
 pause between them). Requests then follow each other back to back, as the non-streaming
