@@ -317,6 +317,8 @@ def _upsert_pair_counts(dialect: str, meetings: Any) -> Any:
 # --- A create's derived data, written just after its answer (SQLite, migration 0015) ----------------
 
 _PENDING_SQL = f"SELECT seq FROM {SQLITE_PENDING_TABLE}"
+_ANY_PENDING_SQL = f"{_PENDING_SQL} LIMIT 1"  # read as every SQLite transaction begins
+_CLEAR_PENDING_SQL = f"DELETE FROM {SQLITE_PENDING_TABLE}"
 # Tries of a read transaction at a snapshot with nothing pending (each after keeping what was).
 SETTLE_ATTEMPTS = 5
 
@@ -363,15 +365,14 @@ def settle(connection: Connection, *, immediate: bool) -> None:
 
 def _pending(connection: Connection) -> bool:
     """Return whether any completion is pending, on the driver's cursor (cheaper than a statement of SQLAlchemy's)."""
-    sql = f"{_PENDING_SQL} LIMIT 1"
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        return cursor.execute(sql).fetchone() is not None
+        return cursor.execute(_ANY_PENDING_SQL).fetchone() is not None
     except connection.dialect.loaded_dbapi.Error as exc:
         if f"no such table: {SQLITE_PENDING_TABLE}" in str(exc):
             return False  # a database before migration 0015 (while it is being migrated)
         # As SQLAlchemy's own statements fail (the app answers "database unavailable" to those).
-        raise DBAPIError.instance(sql, (), exc, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect) from exc
+        raise DBAPIError.instance(_ANY_PENDING_SQL, (), exc, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect) from exc
     finally:
         cursor.close()
 
@@ -392,4 +393,4 @@ def _keep_pending(connection: Connection) -> None:
     if seqs:
         connection.exec_driver_sql(_METADATA_ROWS_SQL, (json.dumps(seqs),))
         keep_derived_data(connection, DeferredRows(inserted=seqs))
-        connection.exec_driver_sql(f"DELETE FROM {SQLITE_PENDING_TABLE}")
+        connection.exec_driver_sql(_CLEAR_PENDING_SQL)
